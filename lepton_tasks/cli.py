@@ -1,0 +1,257 @@
+"""`lepton-tasks`: one command per pipeline step, the entrypoint of the task container.
+
+Each command prints its JSON result as the last stdout line and logs to stderr. Failures print
+one line naming the problem and where, and exit with the code of their error class (see
+`lepton_tasks.errors` and the README).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Annotated
+
+import typer
+
+from lepton_tasks import storage
+from lepton_tasks.errors import EXIT_CODES, LeptonError
+from lepton_tasks.results import StepResult, save_result, step_dir
+
+app = typer.Typer(
+    help="Lepton pipeline steps. Each prints a JSON result as its last stdout line.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+log = logging.getLogger("lepton_tasks")
+
+RunDir = Annotated[
+    str,
+    typer.Option(
+        "--run-dir",
+        envvar="LEPTON_RUN_DIR",
+        help="The run's folder (path or URI); the step writes under <run-dir>/<step>/.",
+    ),
+]
+ModelName = Annotated[
+    str | None,
+    typer.Option("--model-name", help="Registered model name [default: LEPTON_MODEL_NAME]."),
+]
+ParentRun = Annotated[
+    str | None,
+    typer.Option("--parent-run-id", help="MLflow run id of the pipeline run to nest under."),
+]
+
+
+def _setup_logging(debug: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("great_expectations", "alembic", "mlflow.store", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.callback()
+def _main(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for failures.")] = False,
+) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+    os.environ["LEPTON_DEBUG"] = "1" if debug else os.environ.get("LEPTON_DEBUG", "")
+    _setup_logging(debug)
+
+
+def run_step(step: str, run_dir: str | None, action: Callable[[], StepResult]) -> None:
+    """Run a step's core function and turn the outcome into the CLI contract."""
+    try:
+        result = action()
+    except LeptonError as exc:
+        line = f"lepton-tasks {step}: {exc.one_line()}"
+        if run_dir:
+            error = {
+                "step": step,
+                "ok": False,
+                "error": type(exc).__name__,
+                "message": exc.message,
+                "where": exc.where,
+                "exit_code": exc.exit_code,
+            }
+            try:
+                storage.write_json(storage.join(step_dir(run_dir, step), "error.json"), error)
+            except Exception:  # the folder may be the very thing that is broken
+                log.debug("could not write error.json", exc_info=True)
+        if os.environ.get("LEPTON_DEBUG"):
+            log.exception("step failed")
+        print(line, file=sys.stderr, flush=True)
+        raise typer.Exit(exc.exit_code) from None
+    save_result(result)
+    sys.stderr.flush()
+    print(result.to_json(), flush=True)
+
+
+@app.command()
+def ingest(
+    run_dir: RunDir,
+    source: Annotated[
+        str,
+        typer.Option(
+            help="Dataset URI: sklearn:digits, an IDX folder or file(s) 'images,labels', "
+            ".npz (x, y), .parquet (image, label), or a landing-zone folder of batches."
+        ),
+    ] = "sklearn:digits",
+    fmt: Annotated[
+        str, typer.Option("--format", help="auto|sklearn|idx|npz|parquet (auto: from the URI).")
+    ] = "auto",
+    classes: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated class names [default: LEPTON_CLASSES, digits 0-9]."),
+    ] = None,
+) -> None:
+    """Read a labeled image dataset into a normalized, content-addressed snapshot."""
+    from lepton_tasks.steps.ingest import ingest as ingest_step
+
+    class_names = [c.strip() for c in classes.split(",")] if classes else None
+    run_step("ingest", run_dir, lambda: ingest_step(source, run_dir, fmt, class_names))
+
+
+@app.command()
+def validate(
+    run_dir: RunDir,
+    snapshot: Annotated[
+        str | None, typer.Option(help="Snapshot URI [default: the run's ingest output].")
+    ] = None,
+    reference: Annotated[
+        str | None, typer.Option(help="Reference snapshot URI for drift checks.")
+    ] = None,
+    data_docs: Annotated[bool, typer.Option(help="Build the HTML Data Docs.")] = True,
+) -> None:
+    """Check a snapshot with the Great Expectations suite (and drift against a reference)."""
+    from lepton_tasks.steps.validate import validate as validate_step
+
+    run_step("validate", run_dir, lambda: validate_step(run_dir, snapshot, reference, data_docs))
+
+
+@app.command()
+def train(
+    run_dir: RunDir,
+    model: Annotated[
+        str, typer.Option("--model", help="Architecture: lepton_cnn (default) or seed_cnn.")
+    ] = "lepton_cnn",
+    epochs: Annotated[
+        int, typer.Option(min=1, help="Most epochs (early stopping may end sooner).")
+    ] = 15,
+    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    learning_rate: Annotated[
+        float | None, typer.Option(help="Peak learning rate [default: the model's own].")
+    ] = None,
+    patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 3,
+    seed: Annotated[int, typer.Option(envvar="LEPTON_SEED")] = 42,
+    snapshot: Annotated[str | None, typer.Option(help="Snapshot URI [default: the run's].")] = None,
+    mixed_precision: Annotated[str, typer.Option(help="auto (on with a GPU), on or off.")] = "auto",
+    jit_compile: Annotated[
+        str, typer.Option(help="XLA: auto (Keras decides), on or off.")
+    ] = "auto",
+    deterministic: Annotated[bool, typer.Option(help="Deterministic ops (slower).")] = False,
+    parent_run_id: ParentRun = None,
+) -> None:
+    """Train a Keras model on the snapshot; resumes from the last epoch when re-run."""
+    from lepton_tasks.steps.train import TrainParams
+    from lepton_tasks.steps.train import train as train_step
+
+    params = TrainParams(
+        architecture=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        patience=patience,
+        seed=seed,
+        mixed_precision=mixed_precision,
+        jit_compile=jit_compile,
+        deterministic=deterministic,
+    )
+    run_step("train", run_dir, lambda: train_step(run_dir, snapshot, params, parent_run_id))
+
+
+@app.command()
+def evaluate(
+    run_dir: RunDir,
+    model_name: ModelName = None,
+    min_improvement: Annotated[
+        float | None,
+        typer.Option(help="Needed gain over the champion [default: LEPTON_MIN_IMPROVEMENT]."),
+    ] = None,
+    floor: Annotated[
+        float | None, typer.Option(help="Absolute floor [default: LEPTON_ACCURACY_FLOOR].")
+    ] = None,
+    force_promotion_reason: Annotated[
+        str | None, typer.Option(help="Promote regardless of the gate, recording this reason.")
+    ] = None,
+    snapshot: Annotated[str | None, typer.Option(help="Snapshot URI [default: the run's].")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="Model file URI [default: the run's].")
+    ] = None,
+    parent_run_id: ParentRun = None,
+) -> None:
+    """Score the candidate and the champion on the test split and decide on promotion."""
+    from lepton_tasks.steps.evaluate import evaluate as evaluate_step
+
+    run_step(
+        "evaluate",
+        run_dir,
+        lambda: evaluate_step(
+            run_dir,
+            model_name,
+            snapshot,
+            model,
+            parent_run_id,
+            min_improvement,
+            floor,
+            force_promotion_reason,
+        ),
+    )
+
+
+@app.command()
+def register(
+    run_dir: RunDir, model_name: ModelName = None, parent_run_id: ParentRun = None
+) -> None:
+    """Register the model with lineage tags; set challenger, and champion when promoted."""
+    from lepton_tasks.steps.register import register as register_step
+
+    run_step("register", run_dir, lambda: register_step(run_dir, model_name, parent_run_id))
+
+
+@app.command()
+def rollback(
+    run_dir: RunDir,
+    version: Annotated[str, typer.Option(help="The version to make champion again.")],
+    reason: Annotated[str, typer.Option(help="Why: recorded in the promotion history.")],
+    model_name: ModelName = None,
+    who: Annotated[str, typer.Option(envvar="USER", help="Who rolls back.")] = "unknown",
+) -> None:
+    """Move the champion alias back to an earlier version, recording who and why."""
+    from lepton_tasks.steps.register import rollback as rollback_step
+
+    run_step("rollback", run_dir, lambda: rollback_step(model_name, version, reason, who, run_dir))
+
+
+@app.command("exit-codes")
+def exit_codes() -> None:
+    """List the exit codes and the failure each one means."""
+    print(json.dumps({"ok": 0, **EXIT_CODES, "unexpected": 1}))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

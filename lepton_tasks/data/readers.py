@@ -1,0 +1,423 @@
+"""Readers for labeled image datasets, each yielding uint8 image chunks and raw labels.
+
+A source resolves to one or more batches (a landing-zone folder holds many). Each batch is read
+in chunks so that large inputs never sit in memory several times over. Everything a user can get
+wrong raises an `InputDataError` naming the file and what is wrong with it.
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+import numpy as np
+
+from lepton_tasks import storage
+from lepton_tasks.errors import InputDataError, UnknownSourceError
+
+FORMATS = ("auto", "sklearn", "idx", "npz", "parquet")
+CHUNK_SIZE = 65_536
+IDX_IMAGES_MAGIC = 0x00000803
+IDX_LABELS_MAGIC = 0x00000801
+QUARANTINE_FOLDER = "_quarantine"
+
+Chunk = tuple[np.ndarray, np.ndarray]
+
+
+@dataclass
+class Batch:
+    """One readable unit of a source: a file, a pair of IDX files or a bundled dataset."""
+
+    name: str
+    uri: str
+    format: str
+    count: int
+    image_shape: tuple[int, ...]
+    read_chunks: Callable[[int], Iterator[Chunk]] = field(repr=False)
+    files: list[str] = field(default_factory=list)
+    # The landing-zone entry this batch came from: what gets quarantined if it is bad.
+    origin: str | None = None
+
+
+# Pixel normalization --------------------------------------------------------------------------
+
+
+def to_uint8(images: np.ndarray, where: str, *, source_max: float | None = None) -> np.ndarray:
+    """Bring pixels to uint8 0..255; floats in [0, 1] are scaled, NaN and out-of-range refused."""
+    if images.dtype == np.uint8 and source_max is None:
+        return images
+    if images.size == 0:
+        return images.astype(np.uint8)
+    if np.issubdtype(images.dtype, np.floating):
+        nan_mask = np.isnan(images)
+        if nan_mask.any():
+            bad = np.flatnonzero(nan_mask.reshape(len(images), -1).any(axis=1))
+            raise InputDataError(
+                f"{int(nan_mask.sum())} NaN pixel(s) in {len(bad)} image(s), first at index "
+                f"{int(bad[0])}",
+                where=where,
+            )
+    elif not np.issubdtype(images.dtype, np.integer):
+        raise InputDataError(f"images have non-numeric dtype {images.dtype}", where=where)
+    low, high = float(images.min()), float(images.max())
+    if source_max is not None:
+        if low < 0 or high > source_max:
+            raise InputDataError(
+                f"pixel values span [{low:g}, {high:g}], expected [0, {source_max:g}]", where=where
+            )
+        return np.rint(images.astype(np.float32) * (255.0 / source_max)).astype(np.uint8)
+    if low < 0 or high > 255:
+        raise InputDataError(
+            f"pixel values span [{low:g}, {high:g}], expected [0, 255] or [0, 1]", where=where
+        )
+    if np.issubdtype(images.dtype, np.floating) and high <= 1.0:
+        return np.rint(images * 255.0).astype(np.uint8)
+    return np.rint(images).astype(np.uint8) if images.dtype.kind == "f" else images.astype(np.uint8)
+
+
+def check_images(images: np.ndarray, where: str) -> np.ndarray:
+    if images.ndim not in (3, 4):
+        raise InputDataError(
+            f"images must be an array of shape (N, H, W) or (N, H, W, C), got {images.shape}",
+            where=where,
+        )
+    return images
+
+
+def check_counts(n_images: int, n_labels: int, where: str) -> None:
+    if n_images != n_labels:
+        raise InputDataError(
+            f"{n_images} images but {n_labels} labels: counts must match", where=where
+        )
+
+
+def array_chunks(images: np.ndarray, labels: np.ndarray, chunk_size: int) -> Iterator[Chunk]:
+    for start in range(0, len(images), chunk_size):
+        yield images[start : start + chunk_size], labels[start : start + chunk_size]
+
+
+def _bundled_digits_csv() -> str:
+    """The file behind sklearn.datasets.load_digits, found without importing scikit-learn.
+
+    Importing scikit-learn costs seconds (scipy.stats and friends); the data is one small CSV.
+    """
+    import importlib.util
+    import os
+
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        raise UnknownSourceError(
+            "sklearn:digits needs scikit-learn installed", where="sklearn:digits"
+        )
+    return os.path.join(
+        next(iter(spec.submodule_search_locations)), "datasets", "data", "digits.csv.gz"
+    )
+
+
+# scikit-learn bundled data --------------------------------------------------------------------
+
+
+def sklearn_batch(source: str) -> Batch:
+    name = source.split(":", 1)[1] if ":" in source else ""
+    if name != "digits":
+        raise UnknownSourceError(
+            f"unknown bundled dataset '{name}'; available: sklearn:digits", where=source
+        )
+
+    def read(chunk_size: int) -> Iterator[Chunk]:
+        table = np.loadtxt(_bundled_digits_csv(), delimiter=",", dtype=np.float32)
+        # The digits are 8x8 intensities in 0..16; scale them onto the common 0..255 range.
+        images = to_uint8(table[:, :-1].reshape(-1, 8, 8), source, source_max=16.0)
+        yield from array_chunks(images, table[:, -1].astype(np.int64), chunk_size)
+
+    return Batch("digits", source, "sklearn", 1797, (8, 8), read)
+
+
+# IDX (MNIST format) ---------------------------------------------------------------------------
+
+
+def _open_maybe_gzip(uri: str) -> IO[bytes]:
+    if not storage.exists(uri):
+        raise InputDataError("file not found", where=uri)
+    raw = storage.open_uri(uri, "rb")
+    head = raw.read(2)
+    raw.seek(0)
+    if head == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    return raw
+
+
+def _read_exact(handle: IO[bytes], size: int, uri: str, what: str) -> bytes:
+    try:
+        data = handle.read(size)
+    except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as exc:
+        raise InputDataError(
+            f"corrupt or truncated gzip while reading {what}: {exc}", where=uri
+        ) from exc
+    if len(data) != size:
+        raise InputDataError(
+            f"file is truncated: expected {size} bytes of {what}, got {len(data)}", where=uri
+        )
+    return data
+
+
+def _idx_header(uri: str, expected_magic: int) -> tuple[IO[bytes], list[int]]:
+    handle = _open_maybe_gzip(uri)
+    (magic,) = struct.unpack(">i", _read_exact(handle, 4, uri, "the IDX header"))
+    if magic != expected_magic:
+        kind = "images" if expected_magic == IDX_IMAGES_MAGIC else "labels"
+        raise InputDataError(
+            f"wrong IDX magic 0x{magic & 0xFFFFFFFF:08x}, expected 0x{expected_magic:08x} for "
+            f"{kind}",
+            where=uri,
+        )
+    ndim = expected_magic & 0xFF
+    dims = list(struct.unpack(f">{ndim}i", _read_exact(handle, 4 * ndim, uri, "the IDX header")))
+    return handle, dims
+
+
+def _find_idx_pairs(folder: str) -> list[tuple[str, str]]:
+    names = {storage.basename(u): u for u in storage.list_dir(folder)}
+    pairs = []
+    for name, uri in names.items():
+        if "idx3-ubyte" not in name:
+            continue
+        label_name = name.replace("images", "labels").replace("idx3-ubyte", "idx1-ubyte")
+        if label_name not in names:
+            raise InputDataError(
+                f"IDX images file {name} has no labels file {label_name} beside it", where=folder
+            )
+        pairs.append((uri, names[label_name]))
+    return sorted(pairs)
+
+
+def idx_batches(source: str) -> list[Batch]:
+    if "," in source:
+        images_uri, labels_uri = (part.strip() for part in source.split(",", 1))
+        pairs = [(images_uri, labels_uri)]
+    elif storage.is_dir(source):
+        pairs = _find_idx_pairs(source)
+        if not pairs:
+            raise InputDataError("no IDX images file (*idx3-ubyte[.gz]) in folder", where=source)
+    else:
+        name = storage.basename(source)
+        label_name = name.replace("images", "labels").replace("idx3-ubyte", "idx1-ubyte")
+        pairs = [(source, source[: -len(name)] + label_name)]
+    return [_idx_batch(images_uri, labels_uri) for images_uri, labels_uri in pairs]
+
+
+def _idx_batch(images_uri: str, labels_uri: str) -> Batch:
+    image_handle, image_dims = _idx_header(images_uri, IDX_IMAGES_MAGIC)
+    image_handle.close()
+    label_handle, label_dims = _idx_header(labels_uri, IDX_LABELS_MAGIC)
+    label_handle.close()
+    count, rows, cols = image_dims
+    check_counts(count, label_dims[0], f"{images_uri} vs {labels_uri}")
+
+    def read(chunk_size: int) -> Iterator[Chunk]:
+        images_in, _ = _idx_header(images_uri, IDX_IMAGES_MAGIC)
+        labels_in, _ = _idx_header(labels_uri, IDX_LABELS_MAGIC)
+        with images_in, labels_in:
+            for start in range(0, count, chunk_size):
+                n = min(chunk_size, count - start)
+                pixels = _read_exact(images_in, n * rows * cols, images_uri, "image data")
+                labels = _read_exact(labels_in, n, labels_uri, "label data")
+                yield (
+                    np.frombuffer(pixels, np.uint8).reshape(n, rows, cols),
+                    np.frombuffer(labels, np.uint8),
+                )
+
+    name = storage.basename(images_uri).split("-images")[0].split("-idx3")[0]
+    return Batch(name, images_uri, "idx", count, (rows, cols), read, [images_uri, labels_uri])
+
+
+# NPZ ------------------------------------------------------------------------------------------
+
+
+def npz_batch(uri: str) -> Batch:
+    if not storage.exists(uri):
+        raise InputDataError("file not found", where=uri)
+    try:
+        arrays = storage.load_npz(uri)
+    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        raise InputDataError(f"not a readable .npz archive: {exc}", where=uri) from exc
+    missing = [key for key in ("x", "y") if key not in arrays]
+    if missing:
+        raise InputDataError(
+            f"missing array(s) {missing}; an NPZ dataset holds 'x' (images) and 'y' (labels), "
+            f"found {sorted(arrays)}",
+            where=uri,
+        )
+    images = check_images(arrays["x"], uri)
+    labels = arrays["y"].reshape(-1)
+    check_counts(len(images), len(labels), uri)
+    images = to_uint8(images, uri)
+
+    def read(chunk_size: int) -> Iterator[Chunk]:
+        yield from array_chunks(images, labels, chunk_size)
+
+    return Batch(
+        storage.basename(uri).removesuffix(".npz"),
+        uri,
+        "npz",
+        len(images),
+        tuple(images.shape[1:]),
+        read,
+        [uri],
+    )
+
+
+# Parquet --------------------------------------------------------------------------------------
+
+
+def _parquet_images(table: Any, uri: str) -> np.ndarray:
+    column = table.column("image").combine_chunks()
+    lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+    if len(lengths) and (lengths != lengths[0]).any():
+        first_bad = int(np.flatnonzero(lengths != lengths[0])[0])
+        raise InputDataError(
+            f"mixed image sizes: row {first_bad} has {int(lengths[first_bad])} pixels, row 0 has "
+            f"{int(lengths[0])}",
+            where=uri,
+        )
+    flat = column.flatten().to_numpy(zero_copy_only=False)
+    size = int(lengths[0]) if len(lengths) else 0
+    if "height" in table.column_names and "width" in table.column_names:
+        height, width = (
+            int(table.column("height")[0].as_py()),
+            int(table.column("width")[0].as_py()),
+        )
+    else:
+        side = round(size**0.5)
+        if side * side != size:
+            raise InputDataError(
+                f"images of {size} pixels are not square; add 'height' and 'width' columns",
+                where=uri,
+            )
+        height = width = side
+    if height * width != size:
+        raise InputDataError(
+            f"'height' x 'width' = {height * width} but images have {size} pixels", where=uri
+        )
+    return flat.reshape(len(lengths), height, width)
+
+
+def parquet_batch(uri: str) -> Batch:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not storage.exists(uri):
+        raise InputDataError("file not found", where=uri)
+    try:
+        parquet = pq.ParquetFile(storage.open_uri(uri, "rb"))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise InputDataError(f"not a readable Parquet file: {exc}", where=uri) from exc
+    columns = parquet.schema_arrow.names
+    missing = [name for name in ("image", "label") if name not in columns]
+    if missing:
+        raise InputDataError(
+            f"missing column(s) {missing}; a Parquet dataset has 'image' (list of pixels) and "
+            f"'label', found {columns}",
+            where=uri,
+        )
+    first = parquet.read_row_group(0) if parquet.num_row_groups else None
+    shape = tuple(_parquet_images(first.slice(0, 1), uri).shape[1:]) if first is not None else ()
+
+    def read(chunk_size: int) -> Iterator[Chunk]:
+        for record_batch in parquet.iter_batches(batch_size=chunk_size):
+            table = pa.Table.from_batches([record_batch])
+            images = _parquet_images(table, uri)
+            if tuple(images.shape[1:]) != shape:
+                raise InputDataError(
+                    f"mixed image shapes: {images.shape[1:]} after {shape}", where=uri
+                )
+            labels = table.column("label").to_numpy(zero_copy_only=False)
+            yield to_uint8(images, uri), labels
+
+    return Batch(
+        storage.basename(uri).removesuffix(".parquet"),
+        uri,
+        "parquet",
+        parquet.metadata.num_rows,
+        shape,
+        read,
+        [uri],
+    )
+
+
+# Resolution -----------------------------------------------------------------------------------
+
+
+def detect_format(source: str) -> str:
+    lowered = source.lower()
+    if lowered.startswith("sklearn:"):
+        return "sklearn"
+    if lowered.endswith(".npz"):
+        return "npz"
+    if lowered.endswith(".parquet"):
+        return "parquet"
+    if "idx3-ubyte" in lowered or "idx1-ubyte" in lowered:
+        return "idx"
+    if storage.is_dir(source):
+        return "folder"
+    if not storage.exists(source):
+        raise InputDataError("source not found", where=source)
+    raise UnknownSourceError(
+        "cannot tell the format from the name; pass --format idx|npz|parquet", where=source
+    )
+
+
+def open_source(source: str, fmt: str = "auto") -> list[Batch]:
+    """Resolve a source into batches; a folder of datasets (a landing zone) gives one per entry."""
+    if fmt not in FORMATS:
+        raise UnknownSourceError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    if fmt == "auto":
+        fmt = detect_format(source)
+    if fmt == "sklearn":
+        return [sklearn_batch(source)]
+    if fmt == "idx":
+        return idx_batches(source)
+    if fmt == "npz":
+        return [npz_batch(source)]
+    if fmt == "parquet":
+        return [parquet_batch(source)]
+    return folder_batches(source)
+
+
+def folder_batches(folder: str, *, top: bool = True) -> list[Batch]:
+    """A landing zone: every dataset file or sub-folder in it is a batch, in name order.
+
+    Names starting with '.' or '_' are skipped, so `_quarantine/` never feeds a run.
+    """
+    if _find_idx_pairs(folder):
+        return idx_batches(folder)
+    batches: list[Batch] = []
+    for entry in storage.list_dir(folder):
+        name = storage.basename(entry)
+        if name.startswith((".", "_")):
+            continue
+        try:
+            if storage.is_dir(entry):
+                found = folder_batches(entry, top=False)
+            elif name.endswith((".npz", ".parquet")) or "idx3-ubyte" in name:
+                found = open_source(entry)
+            else:
+                continue
+        except InputDataError as exc:
+            if top:
+                exc.batch_uri = entry
+            raise
+        if top:
+            for batch in found:
+                batch.origin = entry
+        batches.extend(found)
+    if not batches:
+        raise InputDataError(
+            "no dataset in folder (expected .npz, .parquet or IDX files, or batch folders)",
+            where=folder,
+        )
+    return batches

@@ -1,0 +1,79 @@
+"""Keras model architectures, by name. Every model takes raw 0..255 pixels (H, W, C)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from lepton_tasks.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Architecture:
+    build: Callable[[tuple[int, ...], int], Any]
+    learning_rate: float
+    description: str
+
+
+def _seed_cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """The article's network: Conv32 - MaxPool - Flatten - Dense softmax."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input(shape=input_shape),
+            layers.Rescaling(1.0 / 255),
+            layers.Conv2D(32, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(num_classes, activation="softmax", dtype="float32"),
+        ],
+        name="seed_cnn",
+    )
+
+
+def _conv_block(x: Any, filters: int) -> Any:
+    from keras import layers
+
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False)(x)
+    # momentum 0.9: small datasets give few steps per epoch for the moving statistics
+    x = layers.BatchNormalization(momentum=0.9)(x)
+    x = layers.Activation("relu")(x)
+    return layers.MaxPooling2D(2)(x)
+
+
+def _lepton_cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
+    """Lepton's default: two batch-normalized conv blocks, dropout, softmax.
+
+    Batch normalization lets it train at a higher learning rate, so it gets past the Keras
+    reference convnet's accuracy in fewer epochs (see bench/RESULTS.md).
+    """
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape)
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    x = _conv_block(x, 32)
+    x = _conv_block(x, 64)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="lepton_cnn")
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "seed_cnn": Architecture(_seed_cnn, 1e-3, "Conv32-Pool-Flatten-Dense (the original article)"),
+    "lepton_cnn": Architecture(_lepton_cnn, 3e-3, "2 x (Conv-BN-ReLU-Pool), dropout, dense"),
+}
+DEFAULT_ARCHITECTURE = "lepton_cnn"
+
+
+def get_architecture(name: str) -> Architecture:
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown model '{name}'; choose one of {', '.join(sorted(ARCHITECTURES))}"
+        ) from None

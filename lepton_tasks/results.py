@@ -1,0 +1,166 @@
+"""Result models: the contract between steps, and what XCom carries.
+
+Each step returns one of these; the CLI prints it as the last stdout line and writes it to
+`<run-dir>/<step>/result.json`, where the next step finds it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from lepton_tasks import storage
+
+
+class StepResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    step: str
+    run_dir: str
+    ok: bool = True
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+class BatchInfo(BaseModel):
+    name: str
+    uri: str
+    count: int
+    # The landing-zone entry the batch came from, when the source is a landing zone.
+    origin: str | None = None
+
+
+class IngestResult(StepResult):
+    step: Literal["ingest"] = "ingest"
+    snapshot_uri: str
+    snapshot_id: str
+    sha256: str
+    count: int
+    split_counts: dict[str, int]
+    image_shape: list[int]
+    class_names: list[str]
+    source: str
+    format: str
+    batches: list[BatchInfo] = Field(default_factory=list)
+
+
+class FailedExpectation(BaseModel):
+    expectation: str
+    column: str | None = None
+    condition: str | None = None
+    observed: str
+    expected: str
+    batch: str | None = None
+
+
+class ValidateResult(StepResult):
+    step: Literal["validate"] = "validate"
+    snapshot_uri: str
+    snapshot_id: str
+    success: bool
+    evaluated: int
+    failed: list[FailedExpectation] = Field(default_factory=list)
+    summary_uri: str
+    data_docs_uri: str | None = None
+    reference_snapshot_id: str | None = None
+
+
+class TrainResult(StepResult):
+    step: Literal["train"] = "train"
+    snapshot_uri: str
+    model_uri: str
+    mlflow_model_uri: str
+    mlflow_run_id: str
+    architecture: str
+    epochs_run: int
+    best_epoch: int
+    metrics: dict[str, float]
+    train_seconds: float
+    images_per_second: float
+    resumed_from_epoch: int = 0
+    device: str
+
+
+class ChampionScore(BaseModel):
+    version: str
+    metrics: dict[str, float]
+
+
+class PromotionDecision(BaseModel):
+    promote: bool
+    reason: str
+    metric: str
+    candidate_value: float
+    champion_value: float | None = None
+    forced: bool = False
+
+
+class EvaluateResult(StepResult):
+    step: Literal["evaluate"] = "evaluate"
+    snapshot_uri: str
+    model_uri: str
+    mlflow_model_uri: str
+    mlflow_run_id: str
+    train_run_id: str
+    model_name: str
+    metrics: dict[str, float]
+    champion: ChampionScore | None = None
+    decision: PromotionDecision
+    confusion_matrix_uri: str
+
+
+class RegisterResult(StepResult):
+    step: Literal["register"] = "register"
+    model_name: str
+    version: str
+    aliases: list[str]
+    promoted: bool
+    champion_version: str | None
+    previous_champion_version: str | None = None
+    already_registered: bool = False
+    metrics: dict[str, float] = Field(default_factory=dict)
+
+
+class SimulateLandingResult(StepResult):
+    step: Literal["simulate-landing"] = "simulate-landing"
+    landing_uri: str
+    batches: list[BatchInfo]
+
+
+class RollbackResult(StepResult):
+    step: Literal["rollback"] = "rollback"
+    model_name: str
+    champion_version: str
+    previous_champion_version: str | None
+
+
+def step_dir(run_dir: str, step: str) -> str:
+    return storage.join(run_dir, step)
+
+
+def result_uri(run_dir: str, step: str) -> str:
+    return storage.join(run_dir, step, "result.json")
+
+
+def save_result(result: StepResult) -> str:
+    uri = result_uri(result.run_dir, result.step)
+    storage.write_json(uri, result.model_dump(mode="json"))
+    return uri
+
+
+R = TypeVar("R", bound="StepResult")
+
+
+def load_result(run_dir: str, step: str, model: type[R]) -> R:
+    from lepton_tasks.errors import UpstreamMissingError
+
+    uri = result_uri(run_dir, step)
+    if not storage.exists(uri):
+        raise UpstreamMissingError(
+            f"no result of step '{step}' in the run folder; run `lepton-tasks {step}` first "
+            "or pass the input explicitly",
+            where=uri,
+        )
+    return model.model_validate(storage.read_json(uri))

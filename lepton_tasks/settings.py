@@ -1,0 +1,76 @@
+"""One settings object for every step, read from `LEPTON_*` environment variables.
+
+Nothing here touches the filesystem: folders are created by the steps that write into them.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DIGIT_CLASSES = tuple(str(d) for d in range(10))
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEPTON_", extra="ignore")
+
+    home: Path = Field(
+        default=Path(".lepton"),
+        description="Project-local folder for the embedded defaults (MLflow database, artifacts).",
+    )
+    artifact_root: str | None = Field(
+        default=None, description="Where run folders live; defaults to <home>/runs."
+    )
+    quarantine_uri: str | None = Field(
+        default=None, description="Where rejected batches go; defaults to <home>/quarantine."
+    )
+    experiment_name: str = "lepton"
+    model_name: str = "lepton-digits"
+    classes: tuple[str, ...] = DIGIT_CLASSES
+
+    # Deterministic, content-hash based split: an example never changes split as data grows.
+    val_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
+    test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
+    seed: int = 42
+
+    # Data quality gates (validate step).
+    max_duplicate_rate: float = Field(default=0.05, ge=0.0, le=1.0)
+    min_examples_per_split: int = Field(default=20, ge=1)
+    min_class_share: float = Field(default=0.02, ge=0.0, le=1.0)
+    max_class_share: float = Field(default=0.35, ge=0.0, le=1.0)
+    max_label_kl_divergence: float = Field(default=0.1, ge=0.0)
+    max_pixel_mean_shift: float = Field(default=15.0, ge=0.0, description="In 0-255 units.")
+
+    # Promotion gate (evaluate step).
+    promotion_metric: str = "accuracy"
+    min_improvement: float = 0.0
+    accuracy_floor: float = Field(default=0.8, ge=0.0, le=1.0)
+
+    @property
+    def tracking_uri(self) -> str:
+        """MLflow's own variable wins; the embedded default is SQLite under `home`."""
+        uri = os.environ.get("MLFLOW_TRACKING_URI")
+        if uri:
+            return uri
+        return f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+
+    @property
+    def mlflow_artifact_location(self) -> str:
+        return (self.home.resolve() / "mlartifacts").as_uri()
+
+    @property
+    def runs_root(self) -> str:
+        return self.artifact_root or str(self.home.resolve() / "runs")
+
+    @property
+    def quarantine_root(self) -> str:
+        return self.quarantine_uri or str(self.home.resolve() / "quarantine")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

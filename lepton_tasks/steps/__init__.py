@@ -1,0 +1,1 @@
+"""The pipeline steps: each a pure core function plus its CLI command in `lepton_tasks.cli`."""

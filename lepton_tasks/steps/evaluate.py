@@ -1,0 +1,260 @@
+"""Evaluate: score the candidate on the test split, score the champion on the same split, decide.
+
+The decision (promote or not, and why) is the gate `register` obeys: the candidate must reach
+the absolute floor, and beat the champion by at least the configured margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+
+from lepton_tasks import storage, tracking
+from lepton_tasks.data.snapshot import load_split, read_manifest
+from lepton_tasks.errors import InputDataError, UsageError
+from lepton_tasks.results import (
+    ChampionScore,
+    EvaluateResult,
+    PromotionDecision,
+    TrainResult,
+    load_result,
+    step_dir,
+)
+from lepton_tasks.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+METRICS = ("accuracy", "macro_f1")
+
+
+def classification_metrics(
+    y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
+) -> tuple[dict[str, float], np.ndarray]:
+    k = len(class_names)
+    matrix = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+    true_positive = np.diag(matrix).astype(float)
+    predicted = matrix.sum(axis=0)
+    actual = matrix.sum(axis=1)
+    precision = np.divide(true_positive, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(true_positive, actual, out=np.zeros(k), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(k), where=denominator > 0)
+    present = actual > 0
+    metrics = {
+        "accuracy": float(true_positive.sum() / max(matrix.sum(), 1)),
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+    }
+    for i, name in enumerate(class_names):
+        metrics[f"precision_{name}"] = float(precision[i])
+        metrics[f"recall_{name}"] = float(recall[i])
+    return metrics, matrix
+
+
+def predict(model: Any, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    x = images[..., np.newaxis] if images.ndim == 3 else images
+    probabilities = model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
+    return np.asarray(probabilities).argmax(axis=1)
+
+
+def confusion_png(matrix: np.ndarray, class_names: list[str], title: str) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    size = max(4.0, 0.5 * len(class_names) + 2)
+    figure, axes = plt.subplots(figsize=(size, size))
+    axes.imshow(matrix, cmap="Blues")
+    axes.set_xticks(range(len(class_names)), class_names)
+    axes.set_yticks(range(len(class_names)), class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for (i, j), value in np.ndenumerate(matrix):
+        axes.text(
+            j,
+            i,
+            str(value),
+            ha="center",
+            va="center",
+            color="white" if value > threshold else "black",
+            fontsize=8,
+        )
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def champion_version(model_name: str) -> Any | None:
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    with tracking.tracking_errors("looking up the champion"):
+        try:
+            return client.get_model_version_by_alias(model_name, "champion")
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+                return None
+            raise
+
+
+def decide(
+    candidate: dict[str, float],
+    champion: dict[str, float] | None,
+    metric: str,
+    min_improvement: float,
+    floor: float,
+    force_reason: str | None,
+) -> PromotionDecision:
+    value = candidate[metric]
+    champion_value = champion[metric] if champion else None
+    common = {"metric": metric, "candidate_value": value, "champion_value": champion_value}
+    if force_reason:
+        return PromotionDecision(
+            promote=True, forced=True, reason=f"forced: {force_reason}", **common
+        )
+    if value < floor:
+        return PromotionDecision(
+            promote=False, reason=f"{metric} {value:.4f} is below the floor {floor:.4f}", **common
+        )
+    if champion_value is None:
+        return PromotionDecision(
+            promote=True,
+            reason=f"first model: {metric} {value:.4f} passes the floor {floor:.4f}",
+            **common,
+        )
+    gain = value - champion_value
+    if gain >= min_improvement:
+        return PromotionDecision(
+            promote=True,
+            reason=f"{metric} {value:.4f} vs champion {champion_value:.4f} (+{gain:.4f}, "
+            f"needed +{min_improvement:.4f})",
+            **common,
+        )
+    return PromotionDecision(
+        promote=False,
+        reason=f"{metric} {value:.4f} vs champion {champion_value:.4f} ({gain:+.4f}, "
+        f"needed +{min_improvement:.4f})",
+        **common,
+    )
+
+
+def evaluate(
+    run_dir: str,
+    model_name: str | None = None,
+    snapshot_uri: str | None = None,
+    model_uri: str | None = None,
+    parent_run_id: str | None = None,
+    min_improvement: float | None = None,
+    floor: float | None = None,
+    force_reason: str | None = None,
+) -> EvaluateResult:
+    settings = get_settings()
+    model_name = model_name or settings.model_name
+    metric = settings.promotion_metric
+    if metric not in METRICS:
+        raise UsageError(f"LEPTON_PROMOTION_METRIC must be one of {METRICS}, got '{metric}'")
+    min_improvement = settings.min_improvement if min_improvement is None else min_improvement
+    floor = settings.accuracy_floor if floor is None else floor
+    trained = load_result(run_dir, "train", TrainResult)
+    snapshot_uri = snapshot_uri or trained.snapshot_uri
+    model_uri = model_uri or trained.model_uri
+    tracking.check_tracking()
+
+    manifest = read_manifest(snapshot_uri)
+    class_names = manifest["class_names"]
+    x_test, y_test = load_split(snapshot_uri, "test")
+    if len(x_test) == 0:
+        raise InputDataError("the snapshot's test split is empty", where=snapshot_uri)
+
+    from lepton_tasks.steps.train import load_keras
+
+    candidate_metrics, matrix = classification_metrics(
+        y_test, predict(load_keras(model_uri), x_test), class_names
+    )
+    out_dir = step_dir(run_dir, "evaluate")
+    tags = {
+        "lepton.snapshot_id": manifest["snapshot_id"],
+        "lepton.train_run_id": trained.mlflow_run_id,
+    }
+    with tracking.step_run("evaluate", parent_run_id, tags=tags) as run:
+        import mlflow
+
+        champion = _score_champion(model_name, x_test, y_test, class_names)
+        decision = decide(
+            candidate_metrics,
+            champion.metrics if champion else None,
+            metric,
+            min_improvement,
+            floor,
+            force_reason,
+        )
+        png = confusion_png(
+            matrix, class_names, f"{model_name} candidate on {len(y_test)} test images"
+        )
+        png_uri = storage.join(out_dir, "confusion_matrix.png")
+        storage.write_bytes(png_uri, png)
+        mlflow.log_metrics({f"test_{k}": v for k, v in candidate_metrics.items()})
+        mlflow.log_params(
+            {
+                "model_name": model_name,
+                "metric": metric,
+                "min_improvement": min_improvement,
+                "floor": floor,
+                "test_examples": len(y_test),
+            }
+        )
+        if champion:
+            mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
+        mlflow.set_tags(
+            {"lepton.promote": str(decision.promote), "lepton.decision": decision.reason}
+        )
+        with tempfile.TemporaryDirectory() as scratch:
+            local = os.path.join(scratch, "confusion_matrix.png")
+            with open(local, "wb") as handle:
+                handle.write(png)
+            mlflow.log_artifact(local)
+        mlflow.log_dict(decision.model_dump(), "decision.json")
+    log.info("decision: %s", decision.reason)
+    return EvaluateResult(
+        run_dir=run_dir,
+        snapshot_uri=snapshot_uri,
+        model_uri=model_uri,
+        mlflow_model_uri=trained.mlflow_model_uri,
+        mlflow_run_id=run.info.run_id,
+        train_run_id=trained.mlflow_run_id,
+        model_name=model_name,
+        metrics={k: round(v, 6) for k, v in candidate_metrics.items() if k in METRICS},
+        champion=champion,
+        decision=decision,
+        confusion_matrix_uri=png_uri,
+    )
+
+
+def _score_champion(
+    model_name: str, x_test: np.ndarray, y_test: np.ndarray, class_names: list[str]
+) -> ChampionScore | None:
+    version = champion_version(model_name)
+    if version is None:
+        log.info("no champion for %s yet", model_name)
+        return None
+    import mlflow
+
+    with tracking.tracking_errors("loading the champion model"):
+        model = mlflow.keras.load_model(f"models:/{model_name}@champion")
+    metrics, _ = classification_metrics(y_test, predict(model, x_test), class_names)
+    log.info("champion v%s: accuracy %.4f", version.version, metrics["accuracy"])
+    return ChampionScore(
+        version=str(version.version),
+        metrics={k: round(v, 6) for k, v in metrics.items() if k in METRICS},
+    )

@@ -1,0 +1,348 @@
+"""Validate: a Great Expectations suite over a per-example table of the snapshot.
+
+One row per example (split, label, shape, pixel statistics, content hash, source batch). The
+suite checks the class set, image shape, pixel range, blank images, missing values, duplicates,
+examples per split and class balance; with a reference snapshot it also checks drift of the
+label distribution and of the pixel intensity. A failure names each failed expectation with its
+observed value, and the batches that fail on their own are quarantined.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lepton_tasks import storage
+from lepton_tasks.data.snapshot import SPLITS, iter_shards, read_manifest
+from lepton_tasks.errors import DataValidationError
+from lepton_tasks.quarantine import quarantine_bad_data
+from lepton_tasks.results import FailedExpectation, ValidateResult, step_dir
+from lepton_tasks.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SUITE_NAME = "lepton_snapshot"
+
+
+def example_table(snapshot_uri: str) -> pd.DataFrame:
+    manifest = read_manifest(snapshot_uri)
+    class_names = np.asarray(manifest["class_names"], dtype=object)
+    batch_names = np.asarray([b["name"] for b in manifest["batches"]] or ["source"], dtype=object)
+    frames = []
+    for split in SPLITS:
+        for shard in iter_shards(snapshot_uri, split):
+            images = shard["x"]
+            flat = images.reshape(len(images), -1)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "split": split,
+                        "label": class_names[shard["y"]],
+                        "height": images.shape[1],
+                        "width": images.shape[2],
+                        "channels": images.shape[3] if images.ndim == 4 else 1,
+                        "pixel_min": flat.min(axis=1),
+                        "pixel_max": flat.max(axis=1),
+                        "pixel_mean": flat.mean(axis=1, dtype=np.float64),
+                        "content_hash": [h.hex() for h in shard["h"]],
+                        "batch": batch_names[shard["b"]],
+                    }
+                )
+            )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def build_suite(
+    n_rows: int,
+    manifest: dict[str, Any],
+    settings: Settings,
+    reference: dict[str, Any] | None,
+    *,
+    whole_snapshot: bool = True,
+) -> Any:
+    import great_expectations as gx
+
+    E = gx.expectations
+    classes = list(manifest["class_names"])
+    height, width = manifest["image_shape"][:2]
+    expectations = [
+        E.ExpectTableRowCountToBeBetween(min_value=1, meta={"check": "examples in total"}),
+        E.ExpectColumnValuesToBeInSet(
+            column="label", value_set=classes, meta={"check": "labels in the class set"}
+        ),
+        E.ExpectColumnValuesToBeInSet(
+            column="height", value_set=[height], meta={"check": "image height"}
+        ),
+        E.ExpectColumnValuesToBeInSet(
+            column="width", value_set=[width], meta={"check": "image width"}
+        ),
+        E.ExpectColumnMinToBeBetween(
+            column="pixel_min", min_value=0, meta={"check": "lowest pixel"}
+        ),
+        E.ExpectColumnMaxToBeBetween(
+            column="pixel_max", max_value=255, meta={"check": "highest pixel"}
+        ),
+        E.ExpectColumnValuesToNotBeNull(column="pixel_mean", meta={"check": "no missing pixels"}),
+        E.ExpectColumnValuesToBeBetween(
+            column="pixel_max",
+            min_value=1,
+            mostly=0.99,
+            meta={"check": "blank images (at most 1 %)"},
+        ),
+        E.ExpectColumnProportionOfUniqueValuesToBeBetween(
+            column="content_hash",
+            min_value=1.0 - settings.max_duplicate_rate,
+            meta={"check": f"duplicate rate (at most {settings.max_duplicate_rate:.0%})"},
+        ),
+    ]
+    if whole_snapshot:
+        for split in SPLITS:
+            if split == "val" and settings.val_fraction == 0:
+                continue
+            expectations.append(
+                E.ExpectTableRowCountToBeBetween(
+                    min_value=settings.min_examples_per_split,
+                    row_condition=f'split=="{split}"',
+                    condition_parser="pandas",
+                    meta={"check": f"examples in split '{split}'"},
+                )
+            )
+    low = math.floor(settings.min_class_share * n_rows)
+    high = math.ceil(settings.max_class_share * n_rows)
+    for name in classes:
+        expectations.append(
+            E.ExpectTableRowCountToBeBetween(
+                min_value=low,
+                max_value=high,
+                row_condition=f'label=="{name}"',
+                condition_parser="pandas",
+                meta={
+                    "check": f"class '{name}' share between {settings.min_class_share:.0%} and "
+                    f"{settings.max_class_share:.0%} of {n_rows}"
+                },
+            )
+        )
+    if reference is not None:
+        counts = np.asarray([reference["label_counts"].get(c, 0) for c in classes], dtype=float)
+        weights = (counts + 1.0) / (counts + 1.0).sum()  # smoothed: no infinite divergence
+        expectations.append(
+            E.ExpectColumnKLDivergenceToBeLessThan(
+                column="label",
+                partition_object={"values": classes, "weights": weights.tolist()},
+                threshold=settings.max_label_kl_divergence,
+                meta={"check": f"label drift vs snapshot {reference['snapshot_id']} (KL)"},
+            )
+        )
+        mean = reference["pixel_mean"]
+        expectations.append(
+            E.ExpectColumnMeanToBeBetween(
+                column="pixel_mean",
+                min_value=mean - settings.max_pixel_mean_shift,
+                max_value=mean + settings.max_pixel_mean_shift,
+                meta={"check": f"pixel intensity drift vs snapshot {reference['snapshot_id']}"},
+            )
+        )
+    suite = gx.ExpectationSuite(name=SUITE_NAME)
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    return suite
+
+
+def _context(docs_dir: str | None) -> Any:
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)
+    if docs_dir is not None:
+        context.add_data_docs_site(
+            site_name="lepton",
+            site_config={
+                "class_name": "SiteBuilder",
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": docs_dir,
+                },
+                "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+            },
+        )
+    return context
+
+
+def run_suite(
+    table: pd.DataFrame, make_suite: Callable[[], Any], docs_dir: str | None = None
+) -> Any:
+    """Validate `table`; the suite is built inside the context, as GE 1.x requires."""
+    import great_expectations as gx
+    from great_expectations.checkpoint import UpdateDataDocsAction
+
+    context = _context(docs_dir)
+    suite = make_suite()
+    batch = (
+        context.data_sources.add_pandas("snapshot")
+        .add_dataframe_asset("examples")
+        .add_batch_definition_whole_dataframe("all")
+    )
+    suite = context.suites.add(suite)
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name="snapshot_examples", data=batch, suite=suite)
+    )
+    actions = [UpdateDataDocsAction(name="data_docs", site_names=["lepton"])] if docs_dir else []
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(name="lepton", validation_definitions=[definition], actions=actions)
+    )
+    result = checkpoint.run(batch_parameters={"dataframe": table})
+    return next(iter(result.run_results.values()))
+
+
+def describe(result: Any, batch: str | None = None) -> list[dict[str, Any]]:
+    rows = []
+    for item in result.results:
+        config = item.expectation_config
+        kwargs = config.kwargs
+        observed = item.result.get("observed_value")
+        if observed is None and "unexpected_percent" in item.result:
+            observed = f"{item.result['unexpected_percent']:.2f}% unexpected"
+            if item.result.get("partial_unexpected_list"):
+                observed += f", e.g. {item.result['partial_unexpected_list'][:3]}"
+        if item.exception_info and item.exception_info.get("raised_exception"):
+            observed = f"error: {item.exception_info.get('exception_message')}"
+        expected = {
+            k: kwargs[k]
+            for k in ("min_value", "max_value", "value_set", "threshold", "mostly")
+            if kwargs.get(k) is not None
+        }
+        rows.append(
+            {
+                "check": (config.meta or {}).get("check", config.type),
+                "expectation": config.type,
+                "column": kwargs.get("column"),
+                "condition": kwargs.get("row_condition"),
+                "success": bool(item.success),
+                "observed": _short(observed),
+                "expected": _short(expected),
+                "batch": batch,
+            }
+        )
+    return rows
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    text = str(value)
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def validate(
+    run_dir: str,
+    snapshot_uri: str | None = None,
+    reference_uri: str | None = None,
+    data_docs: bool = True,
+) -> ValidateResult:
+    from lepton_tasks.results import IngestResult, load_result
+
+    settings = get_settings()
+    if snapshot_uri is None:
+        snapshot_uri = load_result(run_dir, "ingest", IngestResult).snapshot_uri
+    manifest = read_manifest(snapshot_uri)
+    reference = read_manifest(reference_uri) if reference_uri else None
+    out_dir = step_dir(run_dir, "validate")
+
+    table = example_table(snapshot_uri)
+    with tempfile.TemporaryDirectory() as scratch:
+        docs_dir = os.path.join(scratch, "data_docs") if data_docs else None
+        result = run_suite(
+            table, lambda: build_suite(len(table), manifest, settings, reference), docs_dir
+        )
+        docs_uri = None
+        if docs_dir and os.path.isdir(docs_dir):
+            docs_uri = storage.join(out_dir, "data_docs")
+            storage.copy_tree(docs_dir, docs_uri)
+            docs_uri = storage.join(docs_uri, "index.html")
+
+    checks = describe(result)
+    failed = [c for c in checks if not c["success"]]
+    quarantined: list[str] = []
+    if failed:
+        failed += _failing_batches(table, manifest, settings, reference)
+        quarantined = _quarantine_failing(manifest, failed)
+    summary_uri = storage.join(out_dir, "summary.json")
+    storage.write_json(
+        summary_uri,
+        {
+            "snapshot_id": manifest["snapshot_id"],
+            "success": not failed,
+            "evaluated": len(checks),
+            "failed": len([c for c in checks if not c["success"]]),
+            "checks": checks + [c for c in failed if c["batch"]],
+            "reference_snapshot_id": reference["snapshot_id"] if reference else None,
+            "data_docs": docs_uri,
+            "quarantined": quarantined,
+        },
+    )
+    if failed:
+        lines = "; ".join(
+            f"{c['check']}{' in batch ' + c['batch'] if c['batch'] else ''}: observed "
+            f"{c['observed']}, expected {c['expected']}"
+            for c in failed
+        )
+        note = f"; quarantined {', '.join(quarantined)}" if quarantined else ""
+        raise DataValidationError(
+            f"{len([c for c in failed if not c['batch']])} of {len(checks)} expectations failed "
+            f"on snapshot {manifest['snapshot_id']}: {lines}{note}",
+            failures=failed,
+            where=summary_uri,
+        )
+    return ValidateResult(
+        run_dir=run_dir,
+        snapshot_uri=snapshot_uri,
+        snapshot_id=manifest["snapshot_id"],
+        success=True,
+        evaluated=len(checks),
+        failed=[
+            FailedExpectation(**{k: c[k] for k in FailedExpectation.model_fields}) for c in failed
+        ],
+        summary_uri=summary_uri,
+        data_docs_uri=docs_uri,
+        reference_snapshot_id=reference["snapshot_id"] if reference else None,
+    )
+
+
+def _failing_batches(
+    table: pd.DataFrame,
+    manifest: dict[str, Any],
+    settings: Settings,
+    reference: dict[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """With several batches, run the per-batch part of the suite on each to find the culprits."""
+    if len(manifest["batches"]) < 2:
+        return []
+    failures = []
+    for name, rows in table.groupby("batch", sort=False):
+        result = run_suite(
+            rows,
+            lambda n=len(rows): build_suite(n, manifest, settings, reference, whole_snapshot=False),
+        )
+        failures += [c for c in describe(result, batch=str(name)) if not c["success"]]
+    return failures
+
+
+def _quarantine_failing(manifest: dict[str, Any], failed: list[dict[str, Any]]) -> list[str]:
+    """Quarantine the batches that fail on their own, or the whole source if it is one batch."""
+    bad = {c["batch"] for c in failed if c["batch"]}
+    origins = [b["origin"] for b in manifest["batches"] if b["name"] in bad and b.get("origin")]
+    if not origins and len(manifest["batches"]) > 1:
+        return []  # only the combination fails: nothing to single out, the run still stops
+    error = DataValidationError(
+        "failed data validation: "
+        + "; ".join(f"{c['check']}: observed {c['observed']}" for c in failed)
+    )
+    return quarantine_bad_data(manifest["source"], origins, error)

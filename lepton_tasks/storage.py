@@ -1,0 +1,108 @@
+"""URI helpers over fsspec: plain paths, file://, s3://, gs://... all look the same to a step."""
+
+from __future__ import annotations
+
+import io
+import json
+import posixpath
+from typing import IO, Any
+
+import fsspec
+import numpy as np
+
+
+def join(base: str, *parts: str) -> str:
+    if "://" in base:
+        scheme, rest = base.split("://", 1)
+        return f"{scheme}://{posixpath.join(rest, *parts)}"
+    return posixpath.join(base, *parts)
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def is_local(uri: str) -> bool:
+    return "://" not in uri or uri.startswith("file://")
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def is_dir(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.isdir(path)
+
+
+def makedirs(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.makedirs(path, exist_ok=True)
+
+
+def open_uri(uri: str, mode: str = "rb") -> IO[Any]:
+    if "w" in mode:
+        parent = uri.rsplit("/", 1)[0]
+        if parent and parent != uri:
+            makedirs(parent)
+    return fsspec.open(uri, mode).open()
+
+
+def list_dir(uri: str) -> list[str]:
+    """Entries of a folder as URIs in the folder's own scheme, sorted by name."""
+    fs, path = filesystem(uri)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, tuple | list) else fs.protocol
+    entries = sorted(fs.ls(path, detail=False))
+    if is_local(uri):
+        return entries
+    return [f"{protocol}://{entry}" for entry in entries]
+
+
+def basename(uri: str) -> str:
+    return posixpath.basename(uri.rstrip("/"))
+
+
+def read_json(uri: str) -> Any:
+    with open_uri(uri, "rb") as handle:
+        return json.load(handle)
+
+
+def write_json(uri: str, payload: Any) -> None:
+    data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+    with open_uri(uri, "wb") as handle:
+        handle.write(data)
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    with open_uri(uri, "wb") as handle:
+        handle.write(data)
+
+
+def save_npz(uri: str, **arrays: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_bytes(uri, buffer.getvalue())
+
+
+def load_npz(uri: str) -> dict[str, np.ndarray]:
+    with open_uri(uri, "rb") as handle, np.load(handle, allow_pickle=False) as archive:
+        return {key: archive[key] for key in archive.files}
+
+
+def copy_tree(src: str, dst: str) -> None:
+    src_fs, src_path = filesystem(src)
+    if src_fs.isdir(src_path):
+        makedirs(dst)
+        for entry in list_dir(src):
+            copy_tree(entry, join(dst, basename(entry)))
+        return
+    with open_uri(src, "rb") as reader, open_uri(dst, "wb") as writer:
+        while chunk := reader.read(1 << 20):
+            writer.write(chunk)
+
+
+def remove(uri: str) -> None:
+    fs, path = filesystem(uri)
+    fs.rm(path, recursive=True)
