@@ -18,7 +18,7 @@ import typer
 
 from lepton_tasks import storage
 from lepton_tasks.errors import EXIT_CODES, LeptonError
-from lepton_tasks.results import StepResult, save_result, step_dir
+from lepton_tasks.results import StepResult, step_dir
 
 app = typer.Typer(
     help="Lepton pipeline steps. Each prints a JSON result as its last stdout line.",
@@ -92,7 +92,6 @@ def run_step(step: str, run_dir: str | None, action: Callable[[], StepResult]) -
             log.exception("step failed")
         print(line, file=sys.stderr, flush=True)
         raise typer.Exit(exc.exit_code) from None
-    save_result(result)
     sys.stderr.flush()
     print(result.to_json(), flush=True)
 

@@ -6,7 +6,9 @@ Each step returns one of these; the CLI prints it as the last stdout line and wr
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+import functools
+from collections.abc import Callable
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -164,3 +166,15 @@ def load_result(run_dir: str, step: str, model: type[R]) -> R:
             where=uri,
         )
     return model.model_validate(storage.read_json(uri))
+
+
+def records_result(step_function: Callable[..., R]) -> Callable[..., R]:
+    """Every step leaves its result in `<run-dir>/<step>/result.json`, however it was called."""
+
+    @functools.wraps(step_function)
+    def wrapper(*args: Any, **kwargs: Any) -> R:
+        result = step_function(*args, **kwargs)
+        save_result(result)
+        return result
+
+    return wrapper

@@ -22,6 +22,7 @@ from lepton_tasks.results import (
     PromotionDecision,
     TrainResult,
     load_result,
+    records_result,
     step_dir,
 )
 from lepton_tasks.settings import get_settings
@@ -149,6 +150,7 @@ def decide(
     )
 
 
+@records_result
 def evaluate(
     run_dir: str,
     model_name: str | None = None,

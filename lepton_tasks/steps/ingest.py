@@ -9,12 +9,13 @@ from lepton_tasks.data import readers
 from lepton_tasks.data.snapshot import SnapshotWriter
 from lepton_tasks.errors import InputDataError
 from lepton_tasks.quarantine import quarantine_bad_data
-from lepton_tasks.results import BatchInfo, IngestResult, step_dir
+from lepton_tasks.results import BatchInfo, IngestResult, records_result, step_dir
 from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
+@records_result
 def ingest(
     source: str,
     run_dir: str,
@@ -28,27 +29,28 @@ def ingest(
     if storage.exists(snapshot_uri):
         storage.remove(snapshot_uri)  # a retried task starts from a clean snapshot folder
 
-    batches = _open_or_quarantine(source, fmt)
-    writer = SnapshotWriter(
-        snapshot_uri, class_names, settings.val_fraction, settings.test_fraction
-    )
-    for batch_index, batch in enumerate(batches):
-        log.info("reading %s (%s, %d examples)", batch.uri, batch.format, batch.count)
-        try:
-            for images, labels in batch.read_chunks(chunk_size):
-                writer.add(images, labels, where=batch.uri, batch_index=batch_index)
-        except InputDataError as exc:
-            exc.batch_uri = exc.batch_uri or batch.origin
-            _quarantine_if_batch(exc, source)
-            raise
-    batch_infos = [
-        BatchInfo(name=b.name, uri=b.uri, count=b.count, origin=b.origin) for b in batches
-    ]
-    manifest = writer.finish(
-        source=source,
-        fmt=batches[0].format,
-        batches=[b.model_dump() for b in batch_infos],
-    )
+    try:
+        batches = readers.open_source(source, fmt)
+        writer = SnapshotWriter(
+            snapshot_uri, class_names, settings.val_fraction, settings.test_fraction
+        )
+        for batch_index, batch in enumerate(batches):
+            log.info("reading %s (%s, %d examples)", batch.uri, batch.format, batch.count)
+            try:
+                for images, labels in batch.read_chunks(chunk_size):
+                    writer.add(images, labels, where=batch.uri, batch_index=batch_index)
+            except InputDataError as exc:
+                exc.batch_uri = exc.batch_uri or batch.origin
+                raise
+        batch_infos = [
+            BatchInfo(name=b.name, uri=b.uri, count=b.count, origin=b.origin) for b in batches
+        ]
+        manifest = writer.finish(
+            source=source, fmt=batches[0].format, batches=[b.model_dump() for b in batch_infos]
+        )
+    except InputDataError as exc:
+        _quarantine(exc, source)
+        raise
     log.info(
         "snapshot %s: %d examples %s",
         manifest["snapshot_id"],
@@ -70,15 +72,7 @@ def ingest(
     )
 
 
-def _open_or_quarantine(source: str, fmt: str) -> list[readers.Batch]:
-    try:
-        return readers.open_source(source, fmt)
-    except InputDataError as exc:
-        _quarantine_if_batch(exc, source)
-        raise
-
-
-def _quarantine_if_batch(exc: InputDataError, source: str) -> None:
+def _quarantine(exc: InputDataError, source: str) -> None:
     targets = quarantine_bad_data(source, [exc.batch_uri] if exc.batch_uri else [], exc)
     if targets:
         exc.message = f"{exc.message}; quarantined to {', '.join(targets)}"

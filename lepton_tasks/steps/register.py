@@ -20,6 +20,7 @@ from lepton_tasks.results import (
     RollbackResult,
     TrainResult,
     load_result,
+    records_result,
 )
 from lepton_tasks.settings import get_settings
 
@@ -51,6 +52,7 @@ def _append_history(client: Any, model_name: str, entry: dict[str, Any]) -> None
     client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history[-50:]))
 
 
+@records_result
 def register(
     run_dir: str,
     model_name: str | None = None,
@@ -160,6 +162,7 @@ def _description(manifest: dict[str, Any], evaluated: EvaluateResult) -> str:
     )
 
 
+@records_result
 def rollback(
     model_name: str | None, version: str, reason: str, who: str, run_dir: str
 ) -> RollbackResult:

@@ -22,7 +22,7 @@ from lepton_tasks import storage, tracking
 from lepton_tasks.data.snapshot import load_split, read_manifest
 from lepton_tasks.errors import InputDataError, TrainingError, UsageError
 from lepton_tasks.models import DEFAULT_ARCHITECTURE, get_architecture
-from lepton_tasks.results import IngestResult, TrainResult, load_result, step_dir
+from lepton_tasks.results import IngestResult, TrainResult, load_result, records_result, step_dir
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +136,7 @@ def _finished(out_dir: str, params: TrainParams) -> TrainResult | None:
     return TrainResult.model_validate(storage.read_json(done))
 
 
+@records_result
 def train(
     run_dir: str,
     snapshot_uri: str | None = None,

@@ -23,7 +23,7 @@ from lepton_tasks import storage
 from lepton_tasks.data.snapshot import SPLITS, iter_shards, read_manifest
 from lepton_tasks.errors import DataValidationError
 from lepton_tasks.quarantine import quarantine_bad_data
-from lepton_tasks.results import FailedExpectation, ValidateResult, step_dir
+from lepton_tasks.results import FailedExpectation, ValidateResult, records_result, step_dir
 from lepton_tasks.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -241,6 +241,7 @@ def _short(value: Any) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+@records_result
 def validate(
     run_dir: str,
     snapshot_uri: str | None = None,

@@ -1,0 +1,50 @@
+# Lepton: `make demo` runs the training pipeline end to end, `make test` runs every test.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+UV_VERSION := 0.13.9
+EXTRAS ?= cpu,airflow,dev
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint format demo ui bench clean help
+
+help:
+	@echo "make demo   run the lepton_training pipeline end to end (installs into .venv)"
+	@echo "make test   run the whole test suite"
+	@echo "make ui     Airflow standalone + MLflow UI on localhost"
+	@echo "make lint   ruff"
+	@echo "make bench  benchmarks -> bench/RESULTS.md"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# constraints.txt locks every transitive version; pyproject.toml pins the direct ones.
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install -q --disable-pip-version-check "uv==$(UV_VERSION)" || true
+	if [ -x $(BIN)/uv ]; then \
+	  $(BIN)/uv pip install --python $(BIN)/python --compile-bytecode -c constraints.txt -e ".[$(EXTRAS)]"; \
+	else \
+	  $(BIN)/python -m pip install -c constraints.txt -e ".[$(EXTRAS)]"; \
+	fi
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+clean:
+	rm -rf .lepton .pytest_cache .ruff_cache

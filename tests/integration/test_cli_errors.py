@@ -1,0 +1,96 @@
+"""Bad input through the real CLI: a named error, its exit code, one line, nothing lost."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lepton_tasks.errors import EXIT_CODES
+from tests.conftest import digits, run_cli, write_npz
+
+
+def assert_clean_failure(done, error: str, fragment: str) -> None:
+    assert done.code == EXIT_CODES[error], done.stderr
+    assert error in done.error_line and fragment in done.error_line, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stdout.strip() == ""  # no result line: nothing downstream may consume it
+
+
+def test_unknown_source_format_and_missing_file(tmp_path: Path, lepton_env: Path) -> None:
+    run = str(tmp_path / "run")
+    assert_clean_failure(
+        run_cli("ingest", "--run-dir", run, "--source", "sklearn:mnist"),
+        "UnknownSourceError",
+        "unknown bundled dataset 'mnist'",
+    )
+    assert_clean_failure(
+        run_cli("ingest", "--run-dir", run, "--format", "tfrecord"),
+        "UnknownSourceError",
+        "unknown format 'tfrecord'",
+    )
+    missing = str(tmp_path / "missing.npz")
+    done = run_cli("ingest", "--run-dir", run, "--source", missing)
+    assert_clean_failure(done, "InputDataError", f"file not found ({missing})")
+    error = json.loads((tmp_path / "run" / "ingest" / "error.json").read_text())
+    assert error["error"] == "InputDataError" and error["exit_code"] == 3
+
+
+def test_labels_outside_the_class_set_quarantine_the_landing_batch(
+    tmp_path: Path, lepton_env: Path
+) -> None:
+    images, labels = digits()
+    landing = tmp_path / "landing"
+    bad = labels[:200].astype(np.int64)
+    bad[[3, 9]] = [10, 11]
+    write_npz(landing / "batch-1.npz", images[:200], bad)
+    done = run_cli("ingest", "--run-dir", str(tmp_path / "run"), "--source", str(landing))
+    assert_clean_failure(done, "InputDataError", "2 label(s) outside the class set")
+    assert "first at index 3" in done.error_line and "batch-1.npz" in done.error_line
+    assert list((landing / "_quarantine").iterdir())
+    assert not (tmp_path / "run" / "ingest" / "result.json").exists()
+
+
+def test_validation_failure_exit_code_names_the_expectation(
+    tmp_path: Path, lepton_env: Path
+) -> None:
+    images, labels = digits()
+    source = write_npz(tmp_path / "ones.npz", images[labels == 1], labels[labels == 1])
+    run = str(tmp_path / "run")
+    assert run_cli("ingest", "--run-dir", run, "--source", str(source)).code == 0
+    done = run_cli("validate", "--run-dir", run, "--no-data-docs")
+    assert_clean_failure(done, "DataValidationError", "class '1' share")
+    assert "observed" in done.error_line
+    summary = json.loads((tmp_path / "run" / "validate" / "summary.json").read_text())
+    assert not summary["success"] and summary["quarantined"]
+
+
+def test_upstream_missing_and_bad_flags(tmp_path: Path, lepton_env: Path) -> None:
+    run = str(tmp_path / "empty-run")
+    assert_clean_failure(
+        run_cli("validate", "--run-dir", run), "UpstreamMissingError", "no result of step 'ingest'"
+    )
+    assert run_cli("ingest", "--run-dir", run).code == 0
+    assert_clean_failure(
+        run_cli("train", "--run-dir", run, "--model", "vgg"), "UsageError", "unknown model 'vgg'"
+    )
+    bad_flag = run_cli("train", "--run-dir", run, "--epochs", "0")
+    assert bad_flag.code == 2 and "Traceback" not in bad_flag.stderr
+
+
+def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, lepton_env: Path) -> None:
+    run = str(tmp_path / "run")
+    assert run_cli("ingest", "--run-dir", run).code == 0
+    closed = {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}
+    assert_clean_failure(
+        run_cli("train", "--run-dir", run, env=closed), "TrackingUnavailableError", "127.0.0.1:9"
+    )
+    assert not (tmp_path / "run" / "train" / "model.keras").exists()
+    unwritable = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/ro.db/x/mlflow.db"}
+    (tmp_path / "ro.db").write_text("a file where a folder should be")
+    assert_clean_failure(
+        run_cli("train", "--run-dir", run, env=unwritable),
+        "TrackingUnavailableError",
+        "cannot create the folder",
+    )

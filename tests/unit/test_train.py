@@ -1,0 +1,72 @@
+"""Train: real Keras training on the bundled digits, resumable after a crash."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lepton_tasks.errors import UsageError
+from lepton_tasks.models import ARCHITECTURES, get_architecture
+from lepton_tasks.steps import train as train_module
+from lepton_tasks.steps.ingest import ingest
+from lepton_tasks.steps.train import TrainParams, train
+
+
+@pytest.mark.parametrize("name", sorted(ARCHITECTURES))
+@pytest.mark.parametrize("shape", [(8, 8, 1), (28, 28, 1)])
+def test_architectures_build_for_digits_and_mnist(name: str, shape: tuple[int, ...]) -> None:
+    model = get_architecture(name).build(shape, 10)
+    assert model.output_shape == (None, 10)
+
+
+def test_unknown_model_is_a_usage_error() -> None:
+    with pytest.raises(UsageError, match="unknown model 'resnet9000'; choose one of"):
+        get_architecture("resnet9000")
+
+
+class CrashingReporter(train_module.EpochReporter):
+    """Dies after the second epoch, as a killed worker would."""
+
+    def __init__(self, epochs: int) -> None:
+        super().__init__(epochs)
+        finish_epoch = self.callback.on_epoch_end
+
+        def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
+            finish_epoch(epoch, logs)
+            if epoch == 1:
+                raise RuntimeError("simulated worker crash")
+
+        self.callback.on_epoch_end = on_epoch_end
+
+
+def test_rerunning_a_crashed_run_resumes_from_the_last_epoch(
+    tmp_path: Path, lepton_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = str(tmp_path / "run")
+    ingest("sklearn:digits", run)
+    params = TrainParams(architecture="seed_cnn", epochs=4, patience=10)
+    with monkeypatch.context() as patch:
+        patch.setattr(train_module, "EpochReporter", CrashingReporter)
+        with pytest.raises(RuntimeError, match="simulated worker crash"):
+            train(run, params=params)
+    assert (tmp_path / "run" / "train" / "backup").exists()
+
+    resumed = train(run, params=params)
+    assert resumed.resumed_from_epoch == 2
+    assert resumed.epochs_run == 4
+    assert resumed.metrics["val_accuracy"] > 0.5  # chance is 0.1
+    assert Path(resumed.model_uri).is_file()
+    assert resumed.mlflow_model_uri.startswith("models:/")
+
+    again = train(run, params=params)  # finished with the same settings: nothing to redo
+    assert again.mlflow_run_id == resumed.mlflow_run_id
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path: Path, lepton_env: Path) -> None:
+    ingest("sklearn:digits", str(tmp_path / "a"))
+    ingest("sklearn:digits", str(tmp_path / "b"))
+    params = TrainParams(architecture="seed_cnn", epochs=2)
+    first = train(str(tmp_path / "a"), params=params)
+    second = train(str(tmp_path / "b"), params=params)
+    assert first.metrics["val_loss"] == pytest.approx(second.metrics["val_loss"], rel=1e-4)

@@ -1,0 +1,95 @@
+"""Validate: the GE suite passes real data and names each failure with its observed value."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lepton_tasks.errors import DataValidationError
+from lepton_tasks.steps.ingest import ingest
+from lepton_tasks.steps.validate import validate
+from tests.conftest import digits, write_npz
+
+
+def snapshot_of(tmp_path: Path, name: str, images: np.ndarray, labels: np.ndarray) -> str:
+    run = tmp_path / name
+    ingest(str(write_npz(tmp_path / f"{name}.npz", images, labels)), str(run))
+    return str(run)
+
+
+def failed_checks(excinfo: pytest.ExceptionInfo[DataValidationError]) -> dict[str, dict]:
+    return {f["check"]: f for f in excinfo.value.failures}
+
+
+def test_real_digits_pass_and_data_docs_are_written(tmp_path: Path, lepton_env: Path) -> None:
+    run = tmp_path / "run"
+    ingest("sklearn:digits", str(run))
+    result = validate(str(run))
+    assert result.success and result.evaluated >= 20 and not result.failed
+    assert Path(result.data_docs_uri).is_file()
+    assert "lepton_snapshot" in Path(result.data_docs_uri).read_text()
+    summary = json.loads(Path(result.summary_uri).read_text())
+    assert summary["success"] and summary["failed"] == 0
+
+
+def test_class_imbalance_names_the_class_and_its_count(tmp_path: Path, lepton_env: Path) -> None:
+    images, labels = digits()
+    keep = (labels != 3) | (np.arange(len(labels)) % 30 == 0)  # keep 1 in 30 threes
+    run = snapshot_of(tmp_path, "skewed", images[keep], labels[keep])
+    with pytest.raises(DataValidationError) as caught:
+        validate(run, data_docs=False)
+    failures = failed_checks(caught)
+    (check,) = [name for name in failures if name.startswith("class '3'")]
+    assert failures[check]["observed"] == str(int(keep[labels == 3].sum()))
+    assert "class '3' share" in caught.value.message
+    assert caught.value.exit_code == 5
+
+
+def test_duplicates_fail_the_duplicate_rate(tmp_path: Path, lepton_env: Path) -> None:
+    images, labels = digits()
+    images = np.concatenate([images, images[:300]])
+    labels = np.concatenate([labels, labels[:300]])
+    run = snapshot_of(tmp_path, "dupes", images, labels)
+    with pytest.raises(DataValidationError, match="duplicate rate") as caught:
+        validate(run, data_docs=False)
+    observed = float(failed_checks(caught)["duplicate rate (at most 5%)"]["observed"])
+    assert observed == pytest.approx(1797 / 2097, abs=1e-3)
+
+
+def test_too_few_examples_per_split(tmp_path: Path, lepton_env: Path) -> None:
+    images, labels = digits()
+    run = snapshot_of(tmp_path, "tiny", images[:60], labels[:60])
+    with pytest.raises(DataValidationError, match="examples in split 'test'"):
+        validate(run, data_docs=False)
+
+
+def test_drift_against_a_reference_snapshot(tmp_path: Path, lepton_env: Path) -> None:
+    images, labels = digits()
+    reference = snapshot_of(tmp_path, "ref", images, labels)
+    inverted = snapshot_of(tmp_path, "inverted", 255 - images, labels)
+    ok = validate(reference, reference_uri=f"{reference}/ingest/snapshot", data_docs=False)
+    assert ok.success and ok.reference_snapshot_id
+    with pytest.raises(DataValidationError, match="pixel intensity drift") as caught:
+        validate(inverted, reference_uri=f"{reference}/ingest/snapshot", data_docs=False)
+    assert "label drift" not in " ".join(failed_checks(caught))
+
+
+def test_failing_landing_batch_is_found_and_quarantined(tmp_path: Path, lepton_env: Path) -> None:
+    images, labels = digits()
+    landing = tmp_path / "landing"
+    write_npz(landing / "batch-001.npz", images[:1200], labels[:1200])
+    ones = labels == 1
+    write_npz(landing / "batch-002.npz", images[ones][:150], labels[ones][:150])  # only 1s
+    run = tmp_path / "run"
+    ingest(str(landing), str(run))
+    with pytest.raises(DataValidationError, match="in batch batch-002") as caught:
+        validate(str(run), data_docs=False)
+    assert {f["batch"] for f in caught.value.failures} == {None, "batch-002"}
+    assert "quarantined" in caught.value.message
+    assert not (landing / "batch-002.npz").exists()
+    assert (landing / "batch-001.npz").exists()
+    (quarantined,) = (landing / "_quarantine").iterdir()
+    assert json.loads((quarantined / "reason.json").read_text())["error"] == "DataValidationError"
