@@ -92,8 +92,16 @@ def run_step(step: str, run_dir: str | None, action: Callable[[], StepResult]) -
             log.exception("step failed")
         print(line, file=sys.stderr, flush=True)
         raise typer.Exit(exc.exit_code) from None
+    if run_dir:
+        stale = storage.join(step_dir(run_dir, step), "error.json")
+        if storage.exists(stale):  # an earlier failed try of this step
+            storage.remove(stale)
+    payload = result.to_json()
+    if result_file := os.environ.get("LEPTON_RESULT_FILE"):
+        # Kubernetes pods hand their XCom over in /airflow/xcom/return.json
+        storage.write_bytes(result_file, payload.encode())
     sys.stderr.flush()
-    print(result.to_json(), flush=True)
+    print(payload, flush=True)
 
 
 @app.command()
@@ -128,14 +136,23 @@ def validate(
         str | None, typer.Option(help="Snapshot URI [default: the run's ingest output].")
     ] = None,
     reference: Annotated[
-        str | None, typer.Option(help="Reference snapshot URI for drift checks.")
+        str | None,
+        typer.Option(
+            help="Reference snapshot URI for drift checks, or 'champion' for the snapshot the "
+            "current champion was trained on (skipped when there is none)."
+        ),
     ] = None,
+    model_name: ModelName = None,
     data_docs: Annotated[bool, typer.Option(help="Build the HTML Data Docs.")] = True,
 ) -> None:
     """Check a snapshot with the Great Expectations suite (and drift against a reference)."""
     from lepton_tasks.steps.validate import validate as validate_step
 
-    run_step("validate", run_dir, lambda: validate_step(run_dir, snapshot, reference, data_docs))
+    run_step(
+        "validate",
+        run_dir,
+        lambda: validate_step(run_dir, snapshot, reference, data_docs, model_name=model_name),
+    )
 
 
 @app.command()
@@ -240,6 +257,75 @@ def rollback(
     from lepton_tasks.steps.register import rollback as rollback_step
 
     run_step("rollback", run_dir, lambda: rollback_step(model_name, version, reason, who, run_dir))
+
+
+@app.command("pipeline-start")
+def pipeline_start(
+    dag_id: Annotated[str, typer.Option(help="The orchestrating DAG's id.")],
+    dag_run_id: Annotated[str, typer.Option(help="The DAG run's id.")],
+    logical_date: Annotated[str | None, typer.Option()] = None,
+    dag_version: Annotated[str | None, typer.Option()] = None,
+    params_json: Annotated[str, typer.Option("--params", help="The run's params as JSON.")] = "{}",
+    run_dir: Annotated[
+        str | None,
+        typer.Option(
+            "--run-dir", help="Run folder [default: <artifact root>/<dag id>/<dag run id>]."
+        ),
+    ] = None,
+) -> None:
+    """Open the MLflow pipeline run for an orchestrator run (reused on retries)."""
+    from lepton_tasks.errors import UsageError
+    from lepton_tasks.steps.pipeline import start
+
+    def action() -> StepResult:
+        try:
+            params = json.loads(params_json or "{}")
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--params is not JSON: {exc}") from exc
+        return start(dag_id, dag_run_id, logical_date, dag_version, params, run_dir)
+
+    run_step("pipeline-start", run_dir, action)
+
+
+@app.command("pipeline-end")
+def pipeline_end(
+    run_dir: RunDir,
+    parent_run_id: Annotated[str, typer.Option(help="The pipeline's MLflow run id.")],
+) -> None:
+    """Close the MLflow pipeline run with the outcome found in the run folder."""
+    from lepton_tasks.steps.pipeline import end
+
+    run_step("pipeline-end", run_dir, lambda: end(run_dir, parent_run_id))
+
+
+@app.command("simulate-landing")
+def simulate_landing(
+    landing: Annotated[str, typer.Option(help="Landing-zone folder URI.")],
+    source: Annotated[str, typer.Option(help="Dataset to deal into batches.")] = "sklearn:digits",
+    batches: Annotated[int, typer.Option(min=1, help="How many dated batches in all.")] = 3,
+    take: Annotated[int, typer.Option(min=1, help="How many of them are present.")] = 1,
+    start_date: Annotated[str, typer.Option(help="Date of the first batch.")] = "2026-01-01",
+    corrupt: Annotated[
+        str | None, typer.Option(help="Add a bad batch: skewed, blank, duplicates or truncated.")
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    run_dir: Annotated[str | None, typer.Option("--run-dir")] = None,
+) -> None:
+    """Deal a dataset into dated landing-zone batches, optionally with a corrupt one."""
+    from datetime import date
+
+    from lepton_tasks.errors import UsageError
+    from lepton_tasks.steps.landing import simulate_landing as simulate
+
+    def action() -> StepResult:
+        try:
+            first = date.fromisoformat(start_date)
+        except ValueError as exc:
+            raise UsageError(f"--start-date is not a date: {start_date}") from exc
+        folder = run_dir or storage.join(landing, "_simulator")
+        return simulate(source, landing, folder, batches, take, first, corrupt, seed)
+
+    run_step("simulate-landing", run_dir, action)
 
 
 @app.command("exit-codes")

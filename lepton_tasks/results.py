@@ -131,6 +131,21 @@ class SimulateLandingResult(StepResult):
     batches: list[BatchInfo]
 
 
+class PipelineStartResult(StepResult):
+    step: Literal["pipeline-start"] = "pipeline-start"
+    mlflow_run_id: str
+    dag_id: str
+    dag_run_id: str
+
+
+class PipelineEndResult(StepResult):
+    step: Literal["pipeline-end"] = "pipeline-end"
+    mlflow_run_id: str
+    status: str
+    failed_step: str | None = None
+    error: str | None = None
+
+
 class RollbackResult(StepResult):
     step: Literal["rollback"] = "rollback"
     model_name: str

@@ -247,6 +247,7 @@ def validate(
     snapshot_uri: str | None = None,
     reference_uri: str | None = None,
     data_docs: bool = True,
+    model_name: str | None = None,
 ) -> ValidateResult:
     from lepton_tasks.results import IngestResult, load_result
 
@@ -254,6 +255,8 @@ def validate(
     if snapshot_uri is None:
         snapshot_uri = load_result(run_dir, "ingest", IngestResult).snapshot_uri
     manifest = read_manifest(snapshot_uri)
+    if reference_uri == "champion":
+        reference_uri = champion_snapshot(model_name or settings.model_name)
     reference = read_manifest(reference_uri) if reference_uri else None
     out_dir = step_dir(run_dir, "validate")
 
@@ -315,6 +318,21 @@ def validate(
         data_docs_uri=docs_uri,
         reference_snapshot_id=reference["snapshot_id"] if reference else None,
     )
+
+
+def champion_snapshot(model_name: str) -> str | None:
+    """The snapshot the current champion was trained on, if it is still readable."""
+    from lepton_tasks import tracking
+    from lepton_tasks.steps.evaluate import champion_version
+
+    tracking.setup()
+    version = champion_version(model_name)
+    uri = version.tags.get("lepton.snapshot_uri") if version else None
+    if uri and storage.exists(storage.join(uri, "manifest.json")):
+        log.info("drift reference: champion v%s's snapshot %s", version.version, uri)
+        return uri
+    log.info("no champion snapshot to compare with; drift checks skipped")
+    return None
 
 
 def _failing_batches(

@@ -1,0 +1,83 @@
+"""Orchestration settings (`LEPTON_*`), read from the environment when a DAG file is parsed.
+
+Only environment variables: no database, connection or Variable lookups at parse time.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Settings of the orchestrator alone: they are not handed to the steps.
+ORCHESTRATION_ONLY = {
+    "LEPTON_RUNTIME",
+    "LEPTON_TASK_IMAGE",
+    "LEPTON_GPU_TASK_IMAGE",
+    "LEPTON_SCHEDULE",
+    "LEPTON_DOCKER_URL",
+    "LEPTON_DOCKER_NETWORK",
+    "LEPTON_DOCKER_VOLUME",
+    "LEPTON_DOCKER_DATA_PATH",
+    "LEPTON_TRAIN_GPUS",
+}
+SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "KEY")
+
+
+class RuntimeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LEPTON_", extra="ignore")
+
+    runtime: Literal["local", "docker", "kubernetes"] = "local"
+    schedule: str = Field(default="0 2 * * *", description="Nightly retraining cron, UTC.")
+    home: Path = Path(".lepton")
+    landing_uri: str | None = None
+
+    task_image: str = "lepton/task:0.1.0"
+    gpu_task_image: str = "lepton/task-gpu:0.1.0"
+    train_gpus: int = Field(default=1, ge=0, description="GPUs for train; 0 trains on CPU.")
+
+    docker_url: str = "unix://var/run/docker.sock"
+    docker_network: str | None = None
+    docker_volume: str = "lepton-data"
+    docker_data_path: str = "/opt/lepton"
+
+    k8s_namespace: str = "lepton"
+    k8s_service_account: str | None = None
+    k8s_pvc: str | None = Field(default=None, description="PVC mounted at docker_data_path.")
+    k8s_env_secret: str | None = Field(default=None, description="Secret with MLflow creds.")
+    k8s_node_selector: dict[str, str] = Field(default_factory=dict)
+    k8s_gpu_node_selector: dict[str, str] = Field(default_factory=dict)
+    k8s_gpu_tolerations: list[dict[str, str]] = Field(
+        default_factory=lambda: [
+            {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
+        ]
+    )
+
+    @property
+    def landing(self) -> str:
+        return self.landing_uri or str(self.home.resolve() / "landing")
+
+
+@lru_cache(maxsize=1)
+def runtime_settings() -> RuntimeSettings:
+    return RuntimeSettings()
+
+
+def step_environment() -> tuple[dict[str, str], dict[str, str]]:
+    """What every step gets, in every runtime: (plain variables, secret variables).
+
+    The steps are configured by `LEPTON_*` and `MLFLOW_*` variables only, so the same values
+    reach a subprocess, a container and a pod.
+    """
+    plain: dict[str, str] = {}
+    secret: dict[str, str] = {}
+    for key, value in sorted(os.environ.items()):
+        if not key.startswith(("LEPTON_", "MLFLOW_")) or key in ORCHESTRATION_ONLY:
+            continue
+        target = secret if any(word in key for word in SECRET_WORDS) else plain
+        target[key] = value
+    return plain, secret
