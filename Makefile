@@ -46,5 +46,11 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+demo: install
+	bash scripts/demo.sh
+
+ui: install
+	bash scripts/ui.sh
+
 clean:
 	rm -rf .lepton .pytest_cache .ruff_cache

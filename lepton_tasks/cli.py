@@ -328,6 +328,19 @@ def simulate_landing(
     run_step("simulate-landing", run_dir, action)
 
 
+@app.command("model-info")
+def model_info(model_name: ModelName = None) -> None:
+    """Show the registered model: versions, aliases, metrics, lineage, promotion history."""
+    from lepton_tasks.steps.register import describe_model
+
+    def action() -> StepResult:
+        info = describe_model(model_name)
+        print(info.summary(), file=sys.stderr)
+        return info
+
+    run_step("model-info", None, action)
+
+
 @app.command("exit-codes")
 def exit_codes() -> None:
     """List the exit codes and the failure each one means."""

@@ -146,6 +146,38 @@ class PipelineEndResult(StepResult):
     error: str | None = None
 
 
+class VersionInfo(BaseModel):
+    version: str
+    aliases: list[str]
+    metrics: dict[str, float]
+    snapshot_id: str | None = None
+    snapshot_count: int | None = None
+    architecture: str | None = None
+    pipeline_run_id: str | None = None
+    train_run_id: str | None = None
+    decision: str | None = None
+    created_at: str
+
+
+class ModelInfo(StepResult):
+    step: Literal["model-info"] = "model-info"
+    model_name: str
+    tracking_uri: str
+    versions: list[VersionInfo]
+    promotion_history: list[dict[str, Any]] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        lines = [f"Registered model '{self.model_name}' ({self.tracking_uri})"]
+        for v in self.versions:
+            metrics = ", ".join(f"{k} {val:.4f}" for k, val in sorted(v.metrics.items()))
+            aliases = f" [{', '.join(v.aliases)}]" if v.aliases else ""
+            lines.append(
+                f"  v{v.version}{aliases}: {metrics}; {v.architecture}, snapshot {v.snapshot_id} "
+                f"({v.snapshot_count} examples); {v.decision}"
+            )
+        return "\n".join(lines)
+
+
 class RollbackResult(StepResult):
     step: Literal["rollback"] = "rollback"
     model_name: str

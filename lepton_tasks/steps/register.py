@@ -16,9 +16,11 @@ from lepton_tasks.data.snapshot import read_manifest
 from lepton_tasks.errors import RegistryError
 from lepton_tasks.results import (
     EvaluateResult,
+    ModelInfo,
     RegisterResult,
     RollbackResult,
     TrainResult,
+    VersionInfo,
     load_result,
     records_result,
 )
@@ -198,4 +200,57 @@ def rollback(
         model_name=model_name,
         champion_version=version,
         previous_champion_version=str(previous.version) if previous else None,
+    )
+
+
+def describe_model(model_name: str | None = None) -> ModelInfo:
+    """The registered model's versions, newest first, with aliases, metrics and lineage."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    model_name = model_name or get_settings().model_name
+    tracking.setup()
+    client = MlflowClient()
+    with tracking.tracking_errors("reading the registry"):
+        try:
+            model = client.get_registered_model(model_name)
+        except MlflowException as exc:
+            raise RegistryError(f"no registered model '{model_name}'") from exc
+        versions = client.search_model_versions(f"name='{model_name}'")
+    # search results carry no aliases; the registered model has the alias -> version map
+    aliases: dict[str, list[str]] = {}
+    for alias, number in (model.aliases or {}).items():
+        aliases.setdefault(str(number), []).append(alias)
+    rows = []
+    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = version.tags
+        rows.append(
+            VersionInfo(
+                version=str(version.version),
+                aliases=sorted(aliases.get(str(version.version), [])),
+                metrics={
+                    k.removeprefix("lepton.metric."): float(v)
+                    for k, v in tags.items()
+                    if k.startswith("lepton.metric.")
+                },
+                snapshot_id=tags.get("lepton.snapshot_id"),
+                snapshot_count=int(tags["lepton.snapshot_count"])
+                if "lepton.snapshot_count" in tags
+                else None,
+                architecture=tags.get("lepton.architecture"),
+                pipeline_run_id=tags.get("lepton.pipeline_run_id") or None,
+                train_run_id=tags.get("lepton.train_run_id"),
+                decision=tags.get("lepton.decision"),
+                created_at=datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(
+                    timespec="seconds"
+                ),
+            )
+        )
+    history = json.loads(model.tags.get(HISTORY_TAG, "[]"))
+    return ModelInfo(
+        run_dir="",
+        model_name=model_name,
+        tracking_uri=tracking.tracking_uri(),
+        versions=rows,
+        promotion_history=history,
     )

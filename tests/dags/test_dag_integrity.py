@@ -1,0 +1,123 @@
+"""DAG integrity: imports, structure, params, retries, schedule, and nothing touched at parse time."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from airflow.dag_processing.dagbag import DagBag
+from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
+from airflow.sdk.definitions.param import ParamsDict
+
+from tests.dags.conftest import REPO, load_dag
+
+CHAIN = ["pipeline_start", "ingest", "validate", "train", "evaluate", "register", "pipeline_end"]
+
+
+def test_every_dag_imports_and_is_named_after_its_file() -> None:
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    assert bag.dags, "no DAG found"
+    for dag_id, dag in bag.dags.items():
+        assert Path(dag.fileloc).stem == dag_id
+        assert dag.doc_md and dag.tags
+
+
+def test_steps_are_chained_in_order(fresh_runtime_settings) -> None:
+    dag = load_dag()
+    assert sorted(dag.task_ids) == sorted(CHAIN)
+    for upstream, downstream in itertools.pairwise(CHAIN):
+        assert upstream in dag.get_task(downstream).upstream_task_ids, (upstream, downstream)
+    end = dag.get_task("pipeline_end")
+    assert end.is_teardown and dag.get_task("pipeline_start").is_setup
+    leaves = {t.task_id for t in dag.tasks if not t.downstream_task_ids}
+    assert leaves == {"pipeline_end"}
+
+
+def test_downstream_steps_take_upstream_uris_from_xcom(fresh_runtime_settings) -> None:
+    dag = load_dag()
+    rendered = {t.task_id: [str(a) for a in t.arguments] for t in dag.tasks}
+    assert any("ingest" in a and "snapshot_uri" in a for a in rendered["validate"])
+    assert any("validate" in a and "snapshot_uri" in a for a in rendered["train"])
+    assert any("train" in a and "model_uri" in a for a in rendered["evaluate"])
+    assert all(t.multiple_outputs for t in dag.tasks)
+
+
+def test_retries_backoff_and_timeouts(fresh_runtime_settings) -> None:
+    dag = load_dag()
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    assert dag.dagrun_timeout is not None
+    for task in dag.tasks:
+        assert task.retries >= 2, task.task_id
+        assert task.retry_exponential_backoff
+        assert task.execution_timeout is not None
+
+
+def test_schedule_is_nightly_cron_or_landing_zone_asset(fresh_runtime_settings) -> None:
+    dag = load_dag()
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert isinstance(dag.timetable.timetable, CronTriggerTimetable)
+    assert dag.timetable.timetable.expression == "0 2 * * *"
+    assert "lepton_landing_zone" in repr(dag.timetable.asset_condition)
+
+
+def test_schedule_comes_from_configuration(
+    fresh_runtime_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEPTON_SCHEDULE", "30 4 * * 1")
+    assert load_dag().timetable.timetable.expression == "30 4 * * 1"
+
+
+def test_params_form_schema(fresh_runtime_settings) -> None:
+    params = load_dag().params
+    expected = {
+        "source",
+        "format",
+        "model",
+        "model_name",
+        "epochs",
+        "batch_size",
+        "learning_rate",
+        "min_improvement",
+        "force_promotion",
+        "force_reason",
+    }
+    assert set(params.keys()) == expected
+    schema = {key: params.get_param(key).schema for key in expected}
+    assert schema["epochs"]["type"] == "integer" and schema["epochs"]["minimum"] == 1
+    assert schema["format"]["enum"][0] == "auto"
+    assert schema["learning_rate"]["type"] == ["null", "number"]
+    assert schema["force_promotion"]["type"] == "boolean"
+    params.validate()  # the defaults are valid
+    bad = ParamsDict({**{k: params.get_param(k) for k in expected}})
+    bad["epochs"] = 1
+    with pytest.raises(Exception, match="epochs|minimum|0"):
+        bad["epochs"] = 0
+
+
+def test_parsing_touches_no_database_or_network(tmp_path: Path) -> None:
+    """Parse the DAG folder with a metadata DB that cannot exist and sockets that fail."""
+    code = (
+        "import socket\n"
+        "def refuse(*a, **k): raise RuntimeError('network access at parse time')\n"
+        "socket.socket.connect = refuse\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        f"bag = DagBag(dag_folder={str(REPO / 'dags')!r})\n"
+        "assert not bag.import_errors, bag.import_errors\n"
+        "print(sorted(bag.dag_ids))\n"
+    )
+    env = {
+        **os.environ,
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{tmp_path}/missing/dir/airflow.db",
+        "MLFLOW_TRACKING_URI": "http://127.0.0.1:9",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "lepton_training" in done.stdout
+    assert not (tmp_path / "missing").exists()

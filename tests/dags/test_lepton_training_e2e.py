@@ -1,0 +1,103 @@
+"""The real DAG through Airflow's task runner (`dag.test()`), local runtime, bundled digits.
+
+Three nights in a row: the first batch makes a champion; a second batch grows the data and the
+gate decides; a corrupt batch stops the run at validate and leaves the champion alone.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import mlflow
+import pytest
+from airflow.models import TaskInstance
+from airflow.utils.session import create_session
+from mlflow import MlflowClient
+
+from lepton_tasks.steps.landing import simulate_landing
+from lepton_tasks.steps.pipeline import run_dir_for
+from tests.dags.conftest import load_dag
+
+pytestmark = pytest.mark.slow
+STEPS = ["pipeline_start", "ingest", "validate", "train", "evaluate", "register", "pipeline_end"]
+
+
+def task_states(dag_run) -> dict[str, str]:
+    with create_session() as session:
+        rows = session.query(TaskInstance).filter(
+            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id
+        )
+        return {ti.task_id: str(ti.state) for ti in rows}
+
+
+def step_result(dag_run, step: str) -> dict:
+    run_dir = Path(run_dir_for(dag_run.dag_id, dag_run.run_id))
+    return json.loads((run_dir / step / "result.json").read_text())
+
+
+def night(day: int) -> datetime:
+    return datetime(2026, 1, day, 2, 0, tzinfo=UTC)
+
+
+def test_three_nights_champion_growth_gate_and_corrupt_batch(
+    tmp_path: Path, lepton_env: Path, airflow_db: Path, fresh_runtime_settings, capfd
+) -> None:
+    landing = lepton_env / "landing"
+    simulate_landing("sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=1)
+    dag = load_dag()
+    conf = {"source": str(landing), "epochs": 8}
+    client = MlflowClient()
+
+    # Night 1: first batch, first champion, lineage back to this DAG run.
+    first = dag.test(logical_date=night(1), run_conf=conf)
+    assert first.state == "success", task_states(first)
+    assert set(task_states(first).values()) == {"success"}
+    ingested = step_result(first, "ingest")
+    champion = client.get_model_version_by_alias("lepton-digits", "champion")
+    assert champion.tags["lepton.snapshot_id"] == ingested["snapshot_id"]
+    pipeline = mlflow.get_run(champion.tags["lepton.pipeline_run_id"])
+    assert pipeline.data.tags["lepton.dag_id"] == "lepton_training"
+    assert pipeline.data.tags["lepton.dag_run_id"] == first.run_id
+    assert pipeline.data.tags["lepton.logical_date"].startswith("2026-01-01")
+    assert pipeline.data.tags["lepton.dag_version"]
+    assert pipeline.info.status == "FINISHED" and pipeline.data.params["epochs"] == "8"
+    train_run = mlflow.get_run(champion.tags["lepton.train_run_id"])
+    assert train_run.data.tags["mlflow.parentRunId"] == pipeline.info.run_id
+    assert "pipeline/manifest.json" in {
+        a.path for a in client.list_artifacts(pipeline.info.run_id, "pipeline")
+    }
+
+    # Night 2: a second batch lands; more data, and champion moves only if the gate says so.
+    simulate_landing("sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=2)
+    second = dag.test(logical_date=night(2), run_conf=conf)
+    assert second.state == "success", task_states(second)
+    assert step_result(second, "ingest")["count"] > ingested["count"]
+    decision = step_result(second, "evaluate")["decision"]
+    registered = step_result(second, "register")
+    expected = registered["version"] if decision["promote"] else champion.version
+    now = client.get_model_version_by_alias("lepton-digits", "champion")
+    assert str(now.version) == str(expected)
+    assert registered["promoted"] == decision["promote"]
+
+    # Night 3: a corrupt (one-class) batch: validate fails, nothing after it runs.
+    simulate_landing(
+        "sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=2, corrupt="skewed"
+    )
+    capfd.readouterr()
+    third = dag.test(logical_date=night(3), run_conf=conf)
+    states = task_states(third)
+    assert third.state == "failed"
+    assert states["validate"] == "failed"
+    assert {states[s] for s in ("train", "evaluate", "register")} == {"upstream_failed"}
+    assert states["pipeline_end"] == "success"  # the teardown closes the MLflow run
+    log = capfd.readouterr().out
+    assert "DataValidationError" in log and "class '" in log
+    assert str(client.get_model_version_by_alias("lepton-digits", "champion").version) == str(
+        now.version
+    )
+    assert [p.name for p in landing.iterdir() if "skewed" in p.name] == []
+    assert any("skewed" in p.name for p in (landing / "_quarantine").iterdir())
+    ended = step_result(third, "pipeline-end")
+    assert ended["status"] == "FAILED" and ended["failed_step"] == "validate"

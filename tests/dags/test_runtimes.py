@@ -1,0 +1,149 @@
+"""Step runtimes: the local one for real; Docker and Kubernetes rendered, since no engine or
+cluster exists here. All three must carry the same command line and environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.sdk.exceptions import AirflowException, AirflowFailException
+
+from lepton_airflow.config import RuntimeSettings
+from lepton_airflow.operators import LeptonStepOperator, drop_empty_options
+from lepton_airflow.steps import step
+from tests.dags.conftest import load_dag
+
+OPTIONS = {"run_dir": "/opt/lepton/runs/r1", "model": "lepton_cnn", "epochs": "3"}
+EXPECTED_ARGS = ["--run-dir", "/opt/lepton/runs/r1", "--model", "lepton_cnn", "--epochs", "3"]
+
+
+def test_empty_optional_values_are_dropped_with_their_flag() -> None:
+    args = ["--run-dir", "r", "--learning-rate", "", "--force-promotion-reason", "None", "--x", "1"]
+    assert drop_empty_options(args) == ["--run-dir", "r", "--x", "1"]
+
+
+def test_local_runtime_runs_the_step_and_returns_its_result(
+    tmp_path: Path, lepton_env: Path
+) -> None:
+    operator = step("ingest", run_dir=str(tmp_path / "run"), source="sklearn:digits")
+    assert isinstance(operator, LeptonStepOperator)
+    assert operator.process_environment()["LEPTON_HOME"] == str(lepton_env)
+    assert "AIRFLOW_HOME" not in operator.process_environment()
+    result = operator.execute({})
+    assert result["step"] == "ingest" and result["count"] == 1797
+    assert Path(result["snapshot_uri"], "manifest.json").is_file()
+
+
+def test_local_runtime_bad_data_fails_without_retry_and_carries_the_message(
+    tmp_path: Path, lepton_env: Path
+) -> None:
+    missing = str(tmp_path / "nowhere.npz")
+    operator = step("ingest", run_dir=str(tmp_path / "run"), source=missing)
+    with pytest.raises(AirflowFailException, match=r"InputDataError: file not found .*\[exit 3\]"):
+        operator.execute({})
+
+
+def test_local_runtime_tracking_outage_is_retryable(
+    tmp_path: Path, lepton_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = str(tmp_path / "run")
+    step("ingest", run_dir=run).execute({})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    operator = step("train", run_dir=run, epochs="1")
+    with pytest.raises(AirflowException, match=r"TrackingUnavailableError.*\[exit 7\]") as caught:
+        operator.execute({})
+    assert not isinstance(caught.value, AirflowFailException)
+
+
+def docker_settings(**overrides: object) -> RuntimeSettings:
+    return RuntimeSettings(runtime="docker", docker_network="lepton", **overrides)
+
+
+def test_docker_runtime_renders_image_command_env_and_gpu_only_for_train(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    settings = docker_settings()
+    train = step("train", settings=settings, **OPTIONS)
+    ingest = step("ingest", settings=settings, run_dir="/opt/lepton/runs/r1")
+    assert train.image == settings.gpu_task_image and ingest.image == settings.task_image
+    assert train.command == ["train", *EXPECTED_ARGS]
+    (request,) = train.device_requests
+    assert request["Count"] == 1 and request["Capabilities"] == [["gpu"]]
+    assert ingest.device_requests is None
+    assert train.network_mode == "lepton"
+    assert train.environment["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert train.environment["LEPTON_HOME"] == "/opt/lepton"
+    assert "MLFLOW_TRACKING_PASSWORD" not in train.environment
+    assert train._private_environment["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+    assert "LEPTON_RUNTIME" not in train.environment
+    (mount,) = train.mounts
+    assert mount["Target"] == "/opt/lepton" and mount["Source"] == "lepton-data"
+    no_gpu = step("train", settings=docker_settings(train_gpus=0), **OPTIONS)
+    assert no_gpu.device_requests is None and no_gpu.image == settings.task_image
+
+
+def k8s_settings() -> RuntimeSettings:
+    return RuntimeSettings(
+        runtime="kubernetes",
+        k8s_pvc="lepton-data",
+        k8s_node_selector={"pool": "ml"},
+        k8s_gpu_node_selector={"cloud.google.com/gke-accelerator": "nvidia-l4"},
+    )
+
+
+def test_kubernetes_runtime_renders_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lepton:5000")
+    settings = k8s_settings()
+    pod = step("train", settings=settings, **OPTIONS).build_pod_request_obj(dry_run=True)
+    container, sidecar = pod.spec.containers
+    assert sidecar.name == "airflow-xcom-sidecar"  # it reads /airflow/xcom/return.json
+    assert container.image == settings.gpu_task_image
+    assert container.command == ["lepton-tasks"]
+    assert container.args == ["train", *EXPECTED_ARGS]
+    assert container.resources.limits == {"nvidia.com/gpu": "1"}
+    env = {e.name: e.value for e in container.env}
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.lepton:5000"
+    assert env["LEPTON_RESULT_FILE"] == "/airflow/xcom/return.json"
+    assert pod.spec.node_selector == {"pool": "ml", "cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert [t.key for t in pod.spec.tolerations] == ["nvidia.com/gpu"]
+    assert any(m.mount_path == "/opt/lepton" for m in container.volume_mounts)
+    dry_run = capsys_dry_run(step("train", settings=settings, **OPTIONS))
+    assert "nvidia.com/gpu" in dry_run and "lepton-tasks" in dry_run
+
+
+def capsys_dry_run(operator) -> str:
+    """What `KubernetesPodOperator.dry_run()` prints: the pod as YAML, no cluster needed."""
+    import contextlib
+    import io
+
+    buffer = io.StringIO()
+    with contextlib.redirect_stdout(buffer):
+        operator.dry_run()
+    return buffer.getvalue()
+
+
+def test_kubernetes_runtime_gives_no_gpu_to_other_steps() -> None:
+    pod = step("evaluate", settings=k8s_settings(), run_dir="r").build_pod_request_obj(dry_run=True)
+    container = pod.spec.containers[0]
+    assert not (container.resources.limits or {}).get("nvidia.com/gpu")
+    assert container.image == k8s_settings().task_image
+    assert pod.spec.node_selector == {"pool": "ml"} and not pod.spec.tolerations
+
+
+@pytest.mark.parametrize("runtime", ["docker", "kubernetes"])
+def test_whole_dag_requests_a_gpu_for_train_alone(
+    runtime: str, fresh_runtime_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LEPTON_RUNTIME", runtime)
+    dag = load_dag()
+    gpu_tasks = set()
+    for task in dag.tasks:
+        if runtime == "docker" and task.device_requests:
+            gpu_tasks.add(task.task_id)
+        if runtime == "kubernetes" and (task.container_resources.limits or {}).get(
+            "nvidia.com/gpu"
+        ):
+            gpu_tasks.add(task.task_id)
+    assert gpu_tasks == {"train"}
