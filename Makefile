@@ -52,5 +52,8 @@ demo: install
 ui: install
 	bash scripts/ui.sh
 
+bench: install
+	$(BIN)/python bench/run.py
+
 clean:
 	rm -rf .lepton .pytest_cache .ruff_cache

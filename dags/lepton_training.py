@@ -56,7 +56,7 @@ landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}
         "format": Param("auto", enum=["auto", "sklearn", "idx", "npz", "parquet"], title="Format"),
         "model": Param("lepton_cnn", enum=["lepton_cnn", "seed_cnn"], title="Architecture"),
         "model_name": Param("lepton-digits", type="string", minLength=1, title="Registered model"),
-        "epochs": Param(15, type="integer", minimum=1, maximum=500, title="Epochs (max)"),
+        "epochs": Param(5, type="integer", minimum=1, maximum=500, title="Epochs"),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, title="Batch size"),
         "learning_rate": Param(
             None,

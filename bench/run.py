@@ -1,0 +1,291 @@
+"""`make bench`: every contender side by side, same machine, same data, medians of 3 runs.
+
+Writes bench/RESULTS.md. Contenders run in fresh processes, interleaved (a, b, c, a, b, c, ...),
+so a slow patch of the machine hits all of them alike. No test asserts on these numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+def sh(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str, int]:
+    """Run a command; return (wall seconds, stdout, peak RSS of the child in MiB)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    wall = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return wall, done.stdout, max(peak, before) // 1024
+
+
+def peak_rss_mib(cmd: list[str], env: dict[str, str]) -> tuple[float, str, float]:
+    """Wall time and the peak RSS of this one command, via GNU time if present."""
+    gnu_time = shutil.which("time") or "/usr/bin/time"
+    if Path(gnu_time).exists():
+        with tempfile.NamedTemporaryFile("r", suffix=".txt") as report:
+            wall, out, _ = sh([gnu_time, "-f", "%M", "-o", report.name, *cmd], env)
+            return wall, out, int(report.read().strip().splitlines()[-1]) / 1024
+    wall, out, peak = sh(cmd, env)
+    return wall, out, float(peak)
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+# 1. Time to accuracy ---------------------------------------------------------------------------
+
+
+def time_to_accuracy(repeats: int) -> dict:
+    runs: dict[str, list[dict]] = {"keras_convnet": [], "article_recipe": [], "lepton": []}
+    for repeat in range(repeats):
+        for name in runs:
+            _, out, _ = sh(
+                [sys.executable, str(REPO / "bench" / "contenders.py"), name],
+                {"BENCH_SEED": str(repeat + 1)},
+            )
+            result = json.loads(out.strip().splitlines()[-1])
+            print(f"  {name} #{repeat + 1}: {result}", flush=True)
+            runs[name].append(result)
+    summary = {
+        name: {
+            key: median([r[key] for r in results])
+            for key in ("train_seconds", "images_per_second", "test_accuracy")
+        }
+        for name, results in runs.items()
+    }
+    return {"runs": runs, "median": summary}
+
+
+# 2. Orchestration overhead ---------------------------------------------------------------------
+
+
+SINGLE_PROCESS = """
+import json, sys, time
+t0 = time.perf_counter(); times = {}
+from lepton_tasks.steps.pipeline import start, end
+from lepton_tasks.steps.ingest import ingest
+from lepton_tasks.steps.validate import validate
+from lepton_tasks.steps.train import train
+from lepton_tasks.steps.evaluate import evaluate
+from lepton_tasks.steps.register import register
+times["imports"] = time.perf_counter() - t0
+source, run_dir = sys.argv[1], sys.argv[2]
+def timed(name, fn, *a, **k):
+    t = time.perf_counter(); r = fn(*a, **k); times[name] = time.perf_counter() - t; return r
+s = timed("pipeline_start", start, "single_process", "bench", run_dir=run_dir)
+timed("ingest", ingest, source, run_dir)
+timed("validate", validate, run_dir, reference_uri="champion")
+timed("train", train, run_dir, parent_run_id=s.mlflow_run_id)
+timed("evaluate", evaluate, run_dir, parent_run_id=s.mlflow_run_id)
+timed("register", register, run_dir, parent_run_id=s.mlflow_run_id)
+timed("pipeline_end", end, run_dir, s.mlflow_run_id)
+times["total_in_process"] = time.perf_counter() - t0
+print(json.dumps(times))
+"""
+
+TASK_DURATIONS = """
+import json
+from airflow.models import DagRun, TaskInstance
+from airflow.utils.session import create_session
+with create_session() as s:
+    run = s.query(DagRun).filter(DagRun.dag_id == "lepton_training").order_by(DagRun.id.desc()).first()
+    tis = s.query(TaskInstance).filter(TaskInstance.run_id == run.run_id).all()
+    print(json.dumps({"state": str(run.state), **{t.task_id: t.duration for t in tis}}))
+"""
+
+
+def prepare_landing(root: Path) -> Path:
+    landing = root / "landing"
+    landing.mkdir(parents=True)
+    from lepton_tasks.data.readers import open_source
+
+    (batch,) = open_source(str(MNIST))
+    images, labels = next(batch.read_chunks(20_000))
+    np.savez(landing / "batch-0001.npz", x=images[:8000], y=labels[:8000])
+    return landing
+
+
+def orchestration_overhead(repeats: int) -> dict:
+    rows = []
+    for repeat in range(repeats):
+        with tempfile.TemporaryDirectory() as scratch:
+            root = Path(scratch)
+            landing = prepare_landing(root)
+            single_env = {
+                "LEPTON_HOME": str(root / "single"),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{root}/single/mlflow.db",
+            }
+            (root / "single").mkdir()
+            single_wall, out, _ = sh(
+                [sys.executable, "-c", SINGLE_PROCESS, str(landing), str(root / "single-run")],
+                single_env,
+            )
+            single = json.loads(out.strip().splitlines()[-1])
+
+            home = root / "dag"
+            dag_env = {
+                "LEPTON_HOME": str(home),
+                "MLFLOW_TRACKING_URI": f"sqlite:///{home}/mlflow.db",
+                "AIRFLOW_HOME": str(home / "airflow"),
+                "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
+                "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+                "LEPTON_LANDING_URI": str(landing),
+                "PATH": f"{BIN}:{os.environ['PATH']}",
+            }
+            sh([str(BIN / "airflow"), "db", "migrate"], dag_env)
+            dag_wall, _, _ = sh(
+                [str(BIN / "airflow"), "dags", "test", "lepton_training", "2026-01-01"], dag_env
+            )
+            _, out, _ = sh([sys.executable, "-c", TASK_DURATIONS], dag_env)
+            tasks = json.loads(out.strip().splitlines()[-1])
+            row = {
+                "single_wall": single_wall,
+                "dag_wall": dag_wall,
+                "single": single,
+                "tasks": tasks,
+            }
+            print(
+                f"  overhead #{repeat + 1}: dag {dag_wall:.1f}s single {single_wall:.1f}s "
+                f"({tasks['state']})",
+                flush=True,
+            )
+            rows.append(row)
+    return {"runs": rows, "import_costs": import_costs()}
+
+
+def import_costs() -> dict[str, float]:
+    costs = {}
+    for module in ("lepton_tasks.cli", "mlflow", "great_expectations", "tensorflow", "airflow.sdk"):
+        walls = [sh([sys.executable, "-c", f"import {module}"])[0] for _ in range(3)]
+        costs[module] = median(walls)
+    costs["python -c pass"] = median([sh([sys.executable, "-c", "pass"])[0] for _ in range(3)])
+    return costs
+
+
+# 3. Scale --------------------------------------------------------------------------------------
+
+
+def write_tiled_idx(folder: Path, n: int, seed: int = 0) -> Path:
+    """The real 10,000 images tiled to n, each copy with fresh noise so no two are alike."""
+    from lepton_tasks.data.readers import open_source
+
+    (batch,) = open_source(str(MNIST))
+    images, labels = next(batch.read_chunks(20_000))
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    with (
+        open(folder / "tiled-images-idx3-ubyte", "wb") as x_out,
+        open(folder / "tiled-labels-idx1-ubyte", "wb") as y_out,
+    ):
+        x_out.write(struct.pack(">iiii", 0x803, n, 28, 28))
+        y_out.write(struct.pack(">ii", 0x801, n))
+        for start in range(0, n, len(images)):
+            k = min(len(images), n - start)
+            noise = rng.integers(0, 3, size=(k, 28, 28), dtype=np.int16)
+            tile = np.clip(images[:k].astype(np.int16) + noise, 0, 255).astype(np.uint8)
+            x_out.write(tile.tobytes())
+            y_out.write(labels[:k].astype(np.uint8).tobytes())
+    return folder
+
+
+def scale(sizes: list[int]) -> list[dict]:
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory() as scratch:
+            root = Path(scratch)
+            source = write_tiled_idx(root / "data", n)
+            env = {"LEPTON_HOME": str(root / "home"), "LEPTON_MAX_DUPLICATE_RATE": "0.05"}
+            cli = str(BIN / "lepton-tasks")
+            ingest_s, _, ingest_mib = peak_rss_mib(
+                [cli, "ingest", "--run-dir", str(root / "run"), "--source", str(source)], env
+            )
+            validate_s, _, validate_mib = peak_rss_mib(
+                [cli, "validate", "--run-dir", str(root / "run"), "--no-data-docs"], env
+            )
+            row = {
+                "examples": n,
+                "ingest_seconds": ingest_s,
+                "ingest_peak_mib": ingest_mib,
+                "validate_seconds": validate_s,
+                "validate_peak_mib": validate_mib,
+            }
+            print(f"  scale {n}: {row}", flush=True)
+            rows.append(row)
+    return rows
+
+
+# Report ----------------------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    from importlib.metadata import version
+
+    return {
+        "cpu": f"{cpu}, {os.cpu_count()} cores",
+        "python": platform.python_version(),
+        "tensorflow": version("tensorflow-cpu"),
+        "keras": version("keras"),
+        "airflow": version("apache-airflow"),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["accuracy", "overhead", "scale"], action="append")
+    parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
+    args = parser.parse_args()
+    parts = args.only or ["accuracy", "overhead", "scale"]
+    results: dict = {"machine": machine(), "repeats": args.repeats}
+    if Path(args.out).exists():
+        results = {**json.loads(Path(args.out).read_text()), **results}
+    if "accuracy" in parts:
+        print("time to accuracy", flush=True)
+        results["accuracy"] = time_to_accuracy(args.repeats)
+    if "overhead" in parts:
+        print("orchestration overhead", flush=True)
+        results["overhead"] = orchestration_overhead(args.repeats)
+    if "scale" in parts:
+        print("scale", flush=True)
+        results["scale"] = scale([int(s) for s in args.sizes.split(",")])
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    from bench.report import write_report
+
+    write_report(results, REPO / "bench" / "RESULTS.md")
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    main()
