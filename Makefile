@@ -5,10 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
-EXTRAS ?= cpu,airflow,dev
+EXTRAS ?= cpu,airflow,server,dev
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint format demo ui bench clean help
+.PHONY: install test test-fast lint format demo ui bench env images up down clean help
 
 help:
 	@echo "make demo   run the lepton_training pipeline end to end (installs into .venv)"
@@ -54,6 +54,19 @@ ui: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# The full stack (needs a Docker engine): see README, "Run the full stack".
+env:
+	$(PYTHON) scripts/make_env.py
+
+images:
+	docker compose --profile images build
+
+up:
+	docker compose up -d
+
+down:
+	docker compose down
 
 clean:
 	rm -rf .lepton .pytest_cache .ruff_cache

@@ -1,0 +1,209 @@
+"""Render bench/results.json (and the GPU JSON lines) as bench/RESULTS.md."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+def verdict(met: bool) -> str:
+    return "**met**" if met else "**not met**"
+
+
+def accuracy_section(acc: dict) -> list[str]:
+    med = acc["median"]
+    a, b, c = med["keras_convnet"], med["article_recipe"], med["lepton"]
+    names = {
+        "keras_convnet": "(a) Keras simple MNIST convnet: batch 128, 15 epochs, validation_split 0.1",
+        "article_recipe": "(b) article recipe: seed_cnn, Adam 1e-3, batch 64, fit(10 epochs) x 10, validation_split 0.2",
+        "lepton": "(c) Lepton train step, defaults (lepton_cnn, 5 epochs, batch 64)",
+    }
+    lines = [
+        "## 1. Training time to accuracy",
+        "",
+        "First 8,000 images of `../shared/data/mnist` for training, last 2,000 for testing; each "
+        "contender in a fresh process, the three interleaved, median of the runs. Training time "
+        "is `fit` alone (no imports, no data loading).",
+        "",
+        "| contender | training s | images/s | test accuracy | runs (s / acc) |",
+        "|---|---|---|---|---|",
+    ]
+    for key, label in names.items():
+        runs = ", ".join(
+            f"{r['train_seconds']:.1f} / {r['test_accuracy']:.4f}" for r in acc["runs"][key]
+        )
+        m = med[key]
+        lines.append(
+            f"| {label} | {m['train_seconds']:.1f} | {m['images_per_second']:.0f} | "
+            f"{m['test_accuracy']:.4f} | {runs} |"
+        )
+    ratio = c["train_seconds"] / a["train_seconds"]
+    met = c["test_accuracy"] >= a["test_accuracy"] and ratio <= 0.5
+    lines += [
+        "",
+        f"Target: Lepton reaches at least (a)'s test accuracy in at most half of (a)'s training "
+        f"time. Measured: {c['test_accuracy']:.4f} vs {a['test_accuracy']:.4f}, time ratio "
+        f"{ratio:.2f} (c/a); (b) takes {b['train_seconds'] / a['train_seconds']:.1f}x (a)'s time "
+        f"for {b['test_accuracy']:.4f}. {verdict(met)}",
+        "",
+    ]
+    return lines
+
+
+def overhead_section(over: dict) -> list[str]:
+    runs = over["runs"]
+    dag = statistics.median(r["dag_wall"] for r in runs)
+    single = statistics.median(r["single_wall"] for r in runs)
+    steps = [
+        "pipeline_start",
+        "ingest",
+        "validate",
+        "train",
+        "evaluate",
+        "register",
+        "pipeline_end",
+    ]
+    lines = [
+        "## 2. Orchestration overhead",
+        "",
+        "The whole `lepton_training` DAG through Airflow's task runner (`airflow dags test`, "
+        "local runtime, one process per step, SQLite metadata DB, fresh MLflow store) against the "
+        "same step functions called one after another in one Python process (also a fresh "
+        "process and store), same landing batch (the first 8,000 MNIST images), default "
+        "training settings. Wall time of each whole command, median of the runs.",
+        "",
+        "| | median s | runs |",
+        "|---|---|---|",
+        f"| DAG run (`airflow dags test`) | {dag:.1f} | {_walls(runs, 'dag_wall')} |",
+        f"| single process | {single:.1f} | {_walls(runs, 'single_wall')} |",
+        "",
+        "Where the time goes (median seconds): the task's duration in Airflow vs the step's time "
+        "inside the single process; the difference is the step's own process start and imports.",
+        "",
+        "| step | Airflow task | in-process | difference |",
+        "|---|---|---|---|",
+    ]
+    total_task = 0.0
+    total_in = 0.0
+    for step in steps:
+        task = statistics.median(r["tasks"].get(step) or 0.0 for r in runs)
+        inside = statistics.median(r["single"].get(step) or 0.0 for r in runs)
+        total_task += task
+        total_in += inside
+        lines.append(f"| {step} | {task:.1f} | {inside:.1f} | {task - inside:+.1f} |")
+    imports = statistics.median(r["single"]["imports"] for r in runs)
+    lines += [
+        f"| all steps | {total_task:.1f} | {total_in:.1f} | {total_task - total_in:+.1f} |",
+        "",
+        f"- Single process: {imports:.1f} s of imports once, the rest is the steps' work.",
+        f"- Airflow outside the tasks (CLI start, DAG parse, scheduling loop, state writes): "
+        f"{dag - total_task:.1f} s.",
+        "- Import costs in a fresh process here (median of 3): "
+        + ", ".join(f"`{k}` {v:.1f} s" for k, v in over["import_costs"].items()),
+        "",
+        f"Target: DAG run at most 1.5x the single-process run. Measured {dag / single:.2f}x. "
+        f"{verdict(dag / single <= 1.5)}",
+        "",
+    ]
+    return lines
+
+
+def _walls(runs: list[dict], key: str) -> str:
+    return ", ".join(f"{r[key]:.1f}" for r in runs)
+
+
+def scale_section(rows: list[dict]) -> list[str]:
+    lines = [
+        "## 3. Scale: ingest + validate",
+        "",
+        "The real 10,000 images tiled to N (each copy with fresh noise in 0..2, so none are "
+        "duplicates), as uncompressed IDX; `lepton-tasks ingest` then `lepton-tasks validate "
+        "--no-data-docs`, each a fresh process; peak resident memory from GNU time.",
+        "",
+        "| examples | ingest s | ingest peak MiB | validate s | validate peak MiB | total s | µs per example |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        total = r["ingest_seconds"] + r["validate_seconds"]
+        lines.append(
+            f"| {r['examples']:,} | {r['ingest_seconds']:.1f} | {r['ingest_peak_mib']:.0f} | "
+            f"{r['validate_seconds']:.1f} | {r['validate_peak_mib']:.0f} | {total:.1f} | "
+            f"{total / r['examples'] * 1e6:.1f} |"
+        )
+    if rows:
+        big = rows[-1]
+        total = big["ingest_seconds"] + big["validate_seconds"]
+        small = rows[0]
+        lines += [
+            "",
+            f"Targets: time grows linearly; peak memory stays flat; {big['examples']:,} examples "
+            f"in under 2 minutes. Measured: {total:.0f} s for {big['examples']:,} "
+            f"({verdict(total < 120)}); ingest peak {small['ingest_peak_mib']:.0f} -> "
+            f"{big['ingest_peak_mib']:.0f} MiB, validate peak {small['validate_peak_mib']:.0f} -> "
+            f"{big['validate_peak_mib']:.0f} MiB.",
+            "",
+        ]
+    return lines
+
+
+def gpu_section() -> list[str]:
+    path = HERE / "gpu-h100-jax.jsonl"
+    lines = ["## 4. GPU", ""]
+    if not path.exists():
+        return [*lines, "No GPU run recorded. `bench/gpu.sh` is ready for a machine with one.", ""]
+    rows = path.read_text().splitlines()
+    device = rows[0]
+    lines += [
+        f"Device: {device}. The lent machine has no TensorFlow (and TensorFlow with its CUDA "
+        "wheels is far larger than what can be carried to it), so `bench/gpu_keras.py` ran the "
+        "same Keras 3 models with `KERAS_BACKEND=jax` (JAX 0.11.2): 60,000 real MNIST images "
+        "(the first 8,000 tiled), batch 128, images/s after a warm-up, one run each. "
+        "`bench/gpu.sh` measures Lepton's TensorFlow train step itself on a TensorFlow GPU "
+        "machine; it has not run here.",
+        "",
+        "| model | mixed precision | XLA | images/s | test accuracy |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows[2:]:
+        r = json.loads(row)
+        lines.append(
+            f"| {r['model']} | {'on' if r['mixed_precision'] else 'off'} | "
+            f"{'on' if r['xla'] else 'off (eager)'} | {r['images_per_second']:,} | "
+            f"{r['test_accuracy']:.4f} |"
+        )
+    lines += [
+        "",
+        "Reading: these networks are far too small to fill an H100; XLA (JAX's jit) is what "
+        "matters (35x over eager for lepton_cnn), and mixed precision *slows* them (casts cost "
+        "more than half-precision math saves at this size). Lepton's batch-normalized model runs "
+        "at about 0.6x the reference convnet's images/s on the GPU, at higher accuracy.",
+        "",
+    ]
+    return lines
+
+
+def write_report(results: dict, path: Path) -> None:
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Machine: {m['cpu']}; Python {m['python']}, TensorFlow {m['tensorflow']} (CPU), Keras "
+        f"{m['keras']}, Airflow {m['airflow']}. Date: {m['date']}. Command: `make bench` "
+        f"(`python bench/run.py`), {results['repeats']} runs per contender.",
+        "",
+    ]
+    if "accuracy" in results:
+        lines += accuracy_section(results["accuracy"])
+    if "overhead" in results:
+        lines += overhead_section(results["overhead"])
+    if "scale" in results:
+        lines += scale_section(results["scale"])
+    lines += gpu_section()
+    path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    write_report(json.loads((HERE / "results.json").read_text()), HERE / "RESULTS.md")

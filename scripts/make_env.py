@@ -1,0 +1,50 @@
+"""Write .env from .env.example with every `generate` replaced by a fresh random secret."""
+
+from __future__ import annotations
+
+import base64
+import grp
+import os
+import secrets
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def secret_for(key: str) -> str:
+    if key == "AIRFLOW_FERNET_KEY":  # Fernet wants 32 url-safe base64-encoded bytes
+        return base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+    return secrets.token_urlsafe(32)
+
+
+def host_value(key: str, default: str) -> str:
+    if key == "AIRFLOW_UID":
+        return str(os.getuid())
+    if key == "DOCKER_GID":
+        try:
+            return str(grp.getgrnam("docker").gr_gid)
+        except KeyError:
+            return default
+    return default
+
+
+def main() -> None:
+    target = ROOT / ".env"
+    if target.exists() and "--force" not in sys.argv:
+        sys.exit(".env exists; `python scripts/make_env.py --force` replaces it (and its secrets)")
+    lines = []
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if "=" not in line or line.startswith("#"):
+            lines.append(line)
+            continue
+        key, value = line.split("=", 1)
+        value = secret_for(key) if value == "generate" else host_value(key, value)
+        lines.append(f"{key}={value}")
+    target.write_text("\n".join(lines) + "\n")
+    target.chmod(0o600)
+    print(f"wrote {target} (mode 600)")
+
+
+if __name__ == "__main__":
+    main()

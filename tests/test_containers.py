@@ -1,0 +1,263 @@
+"""Images, compose file and Helm values, checked without a Docker engine or a cluster."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = REPO.parent / "shared" / "reference" / "compose-spec.json"
+DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
+INSTRUCTIONS = {
+    "FROM",
+    "RUN",
+    "CMD",
+    "LABEL",
+    "EXPOSE",
+    "ENV",
+    "ADD",
+    "COPY",
+    "ENTRYPOINT",
+    "VOLUME",
+    "USER",
+    "WORKDIR",
+    "ARG",
+    "ONBUILD",
+    "STOPSIGNAL",
+    "HEALTHCHECK",
+    "SHELL",
+}
+
+
+def compose() -> dict:
+    return yaml.safe_load((REPO / "docker-compose.yml").read_text())
+
+
+def locked() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "constraints.txt").read_text().splitlines():
+        if "==" in line and not line.startswith("#"):
+            name, version = line.split("==", 1)
+            pins[name.lower().split("[")[0]] = version.strip()
+    return pins
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """Parse a Dockerfile into (INSTRUCTION, arguments), continuation lines joined."""
+    text = re.sub(r"\\\n", " ", dockerfile.read_text())
+    parsed = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        parsed.append((keyword.upper(), rest.strip()))
+    return parsed
+
+
+def test_compose_file_validates_against_the_compose_specification() -> None:
+    schema = json.loads(SPEC.read_text())
+    jsonschema.validate(compose(), schema)
+
+
+def test_every_service_is_built_here_or_pinned_and_has_a_healthcheck() -> None:
+    for name, service in compose()["services"].items():
+        assert "healthcheck" in service, f"{name} has no healthcheck"
+        if "build" in service:
+            assert service["build"]["dockerfile"].startswith("docker/"), name
+            assert re.search(r":\d+\.\d+\.\d+$", service["image"]), name
+        else:
+            image = service["image"]
+            assert re.search(r":\d+\.\d+(\.\d+)?(-\w+)?$", image), f"{name}: {image} is not pinned"
+
+
+def test_ports_bind_to_loopback_only() -> None:
+    for name, service in compose()["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("127.0.0.1:"), f"{name} publishes {port} beyond loopback"
+
+
+def test_dependencies_wait_for_health() -> None:
+    services = compose()["services"]
+    for name, service in services.items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+            assert condition["condition"] in {"service_healthy", "service_completed_successfully"}
+    assert services["airflow-scheduler"]["depends_on"]["airflow-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+AIRFLOW_SERVICES = [
+    "airflow-init",
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+]
+# What the DAG (lepton_airflow.config) and the steps (lepton_tasks.settings, MLflow) read.
+REQUIRED_ENV = [
+    "LEPTON_RUNTIME",
+    "LEPTON_TASK_IMAGE",
+    "LEPTON_GPU_TASK_IMAGE",
+    "LEPTON_DOCKER_NETWORK",
+    "LEPTON_DOCKER_VOLUME",
+    "LEPTON_DOCKER_DATA_PATH",
+    "LEPTON_HOME",
+    "LEPTON_LANDING_URI",
+    "MLFLOW_TRACKING_URI",
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
+    "AIRFLOW__API_AUTH__JWT_SECRET",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
+    "AIRFLOW__CORE__FERNET_KEY",
+]
+
+
+@pytest.mark.parametrize("service", AIRFLOW_SERVICES)
+def test_airflow_components_share_the_settings_the_dag_and_steps_read(service: str) -> None:
+    env = compose()["services"][service]["environment"]
+    missing = [key for key in REQUIRED_ENV if key not in env]
+    assert not missing, f"{service} lacks {missing}"
+    doc = compose()
+    assert env["LEPTON_DOCKER_NETWORK"] == doc["networks"]["lepton"]["name"]
+    assert env["LEPTON_DOCKER_VOLUME"] == doc["volumes"]["lepton-data"]["name"]
+    assert env["LEPTON_TASK_IMAGE"] == doc["services"]["task"]["image"]
+    assert env["LEPTON_GPU_TASK_IMAGE"] == doc["services"]["task-gpu"]["image"]
+    assert "lepton-data:/opt/lepton" in compose()["services"][service]["volumes"]
+
+
+def test_mlflow_server_has_auth_postgres_and_served_artifacts() -> None:
+    mlflow = compose()["services"]["mlflow"]
+    command = " ".join(mlflow["command"])
+    assert "--app-name=basic-auth" in command and "--serve-artifacts" in command
+    assert "postgresql+psycopg2://" in command and "--artifacts-destination=/mlartifacts" in command
+    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in mlflow["environment"]
+
+
+def test_every_variable_has_a_value_in_env_example_and_no_secret_is_committed() -> None:
+    text = (REPO / "docker-compose.yml").read_text()
+    used = set(re.findall(r"(?<!\$)\$\{([A-Z0-9_]+)(?::-[^}]*)?\}", text))  # $$ escapes
+    example = dict(
+        line.split("=", 1)
+        for line in (REPO / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    )
+    defaulted = set(re.findall(r"\$\{([A-Z0-9_]+):-", text))
+    assert used - defaulted <= set(example), used - defaulted - set(example)
+    secrets = {k for k in example if re.search("PASSWORD|SECRET|KEY", k)}
+    assert secrets and all(example[k] == "generate" for k in secrets)
+    assert ".env" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def test_make_env_generates_random_secrets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_env", REPO / "scripts" / "make_env.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / ".env.example").write_text((REPO / ".env.example").read_text())
+    monkeypatch.setattr(module, "ROOT", tmp_path)
+    module.main()
+    first = (tmp_path / ".env").read_text()
+    assert "=generate" not in first and "AIRFLOW_FERNET_KEY=" in first
+    monkeypatch.setattr("sys.argv", ["make_env.py", "--force"])
+    module.main()
+    assert (tmp_path / ".env").read_text() != first  # fresh values every time
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_dockerfiles_parse_and_pin_their_bases(dockerfile: Path) -> None:
+    parsed = instructions(dockerfile)
+    assert parsed and all(keyword in INSTRUCTIONS for keyword, _ in parsed), parsed
+    args = {}
+    for keyword, rest in parsed:
+        if keyword == "ARG" and "=" in rest:
+            key, value = rest.split("=", 1)
+            args[key] = value
+    for keyword, rest in parsed:
+        if keyword != "FROM":
+            continue
+        image = rest.split()[0]
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args.get(m.group(1), m.group(0)), image)
+        assert re.search(r":\d+\.\d+\.\d+", image), f"{dockerfile.name}: base {image} not pinned"
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+def test_images_install_the_projects_own_pins(dockerfile: Path) -> None:
+    text = dockerfile.read_text()
+    pins = locked()
+    for name, version in re.findall(
+        r"\"([A-Za-z0-9_.\-]+)(?:\[[a-z,]+\])?==([0-9][^\"\s]*)\"", text
+    ):
+        if name == "uv":
+            continue
+        assert pins.get(name.lower()) == version, f"{dockerfile.name}: {name}=={version} vs lock"
+    if "pip install" in text:
+        assert "-c " in text and "constraints.txt" in text, f"{dockerfile.name} ignores the lock"
+
+
+def test_task_image_runs_the_cli_as_a_non_root_user() -> None:
+    parsed = instructions(REPO / "docker" / "task.Dockerfile")
+    entrypoints = [rest for keyword, rest in parsed if keyword == "ENTRYPOINT"]
+    assert json.loads(entrypoints[-1]) == ["lepton-tasks"]
+    users = [rest for keyword, rest in parsed if keyword == "USER"]
+    assert users and users[-1] not in ("root", "0")
+    pyproject = (REPO / "pyproject.toml").read_text()
+    assert 'lepton-tasks = "lepton_tasks.cli:main"' in pyproject
+    assert '"tensorflow[and-cuda]==2.21.0"' in pyproject  # the GPU image's extra
+
+
+def test_airflow_image_extends_the_official_one_and_repins_airflow() -> None:
+    parsed = instructions(REPO / "docker" / "airflow.Dockerfile")
+    assert parsed[0] == ("FROM", "apache/airflow:3.3.2-python3.11")
+    run = " ".join(rest for keyword, rest in parsed if keyword == "RUN")
+    assert '"apache-airflow==3.3.2"' in run
+    copies = [rest for keyword, rest in parsed if keyword == "COPY"]
+    assert any("dags/" in c for c in copies) and any("plugins/" in c for c in copies)
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    ignored = (REPO / ".dockerignore").read_text().splitlines()
+    for entry in (".git", ".venv", ".lepton", ".env"):
+        assert entry in ignored
+
+
+def test_helm_values_render_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Feed the chart's env into the step factory and render the train pod, as a worker would."""
+    values = yaml.safe_load((REPO / "deploy" / "helm" / "values.yaml").read_text())
+    assert values["executor"] in {
+        "KubernetesExecutor",
+        "CeleryExecutor",
+        "CeleryKubernetesExecutor",
+    }
+    assert values["images"]["airflow"]["repository"] == "lepton/airflow"
+    for item in values["env"]:
+        monkeypatch.setenv(item["name"], item["value"])
+    import sys
+
+    sys.path.insert(0, str(REPO / "plugins"))
+    from lepton_airflow.config import RuntimeSettings
+    from lepton_airflow.steps import step
+
+    settings = RuntimeSettings()
+    assert settings.runtime == "kubernetes"
+    pod = step("train", settings=settings, run_dir="/opt/lepton/runs/x").build_pod_request_obj(
+        dry_run=True
+    )
+    container = pod.spec.containers[0]
+    assert container.image == "lepton/task-gpu:0.1.0"
+    assert container.args[:3] == ["train", "--run-dir", "/opt/lepton/runs/x"]
+    assert container.resources.limits == {"nvidia.com/gpu": "1"}
+    env = {e.name: e.value for e in container.env}
+    assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow.lepton")
+    assert env["LEPTON_HOME"] == "/opt/lepton"
+    assert pod.spec.node_selector["cloud.google.com/gke-accelerator"] == "nvidia-l4"
+    assert pod.spec.containers[0].env_from[0].secret_ref.name == "lepton-mlflow-credentials"
