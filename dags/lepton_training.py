@@ -12,7 +12,8 @@ local process, a Docker container or a Kubernetes pod (`LEPTON_RUNTIME`).
 * **Model**: trained, scored with the champion on the same test split, registered in MLflow
   with its lineage. `champion` moves only when the gate says so (or when forced, with a reason).
 * **MLflow**: one pipeline run per DAG run, tagged with this DAG run; every step's run is
-  nested under it.
+  nested under it. Each task links to its MLflow run; register links to the model version.
+* **Alerts**: a failing step posts its one-line reason to `LEPTON_ALERT_WEBHOOK_URL`.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 
 from lepton_airflow.config import runtime_settings
+from lepton_airflow.notifiers import failure_callbacks
 from lepton_airflow.steps import step
 
 settings = runtime_settings()
@@ -44,6 +46,7 @@ landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=15),
         "execution_timeout": timedelta(hours=4),
+        "on_failure_callback": failure_callbacks(),
     },
     params={
         "source": Param(

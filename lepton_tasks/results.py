@@ -75,6 +75,7 @@ class TrainResult(StepResult):
     model_uri: str
     mlflow_model_uri: str
     mlflow_run_id: str
+    mlflow_experiment_id: str
     architecture: str
     epochs_run: int
     best_epoch: int
@@ -105,6 +106,7 @@ class EvaluateResult(StepResult):
     model_uri: str
     mlflow_model_uri: str
     mlflow_run_id: str
+    mlflow_experiment_id: str
     train_run_id: str
     model_name: str
     metrics: dict[str, float]
@@ -134,6 +136,7 @@ class SimulateLandingResult(StepResult):
 class PipelineStartResult(StepResult):
     step: Literal["pipeline-start"] = "pipeline-start"
     mlflow_run_id: str
+    mlflow_experiment_id: str
     dag_id: str
     dag_run_id: str
 
@@ -154,6 +157,8 @@ class VersionInfo(BaseModel):
     snapshot_count: int | None = None
     architecture: str | None = None
     pipeline_run_id: str | None = None
+    dag_id: str | None = None
+    dag_run_id: str | None = None
     train_run_id: str | None = None
     decision: str | None = None
     created_at: str

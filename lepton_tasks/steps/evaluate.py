@@ -234,6 +234,7 @@ def evaluate(
         model_uri=model_uri,
         mlflow_model_uri=trained.mlflow_model_uri,
         mlflow_run_id=run.info.run_id,
+        mlflow_experiment_id=run.info.experiment_id,
         train_run_id=trained.mlflow_run_id,
         model_name=model_name,
         metrics={k: round(v, 6) for k, v in candidate_metrics.items() if k in METRICS},

@@ -65,6 +65,7 @@ def start(
         )
         if existing:
             parent_id = existing[0].info.run_id
+            experiment_id = existing[0].info.experiment_id
             log.info("pipeline run %s exists (a retry); reusing it", parent_id)
         else:
             client = mlflow.MlflowClient()
@@ -73,7 +74,11 @@ def start(
             for key, value in sorted(params.items()):
                 client.log_param(parent_id, key, str(value)[:500])
     return PipelineStartResult(
-        run_dir=run_dir, mlflow_run_id=parent_id, dag_id=dag_id, dag_run_id=run_id
+        run_dir=run_dir,
+        mlflow_run_id=parent_id,
+        mlflow_experiment_id=experiment_id,
+        dag_id=dag_id,
+        dag_run_id=run_id,
     )
 
 

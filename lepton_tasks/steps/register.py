@@ -82,6 +82,7 @@ def register(
         existing = _existing_version(client, model_name, trained.mlflow_run_id)
         if existing is None:
             tags = {
+                **_pipeline_tags(client, parent_run_id),
                 "lepton.snapshot_id": manifest["snapshot_id"],
                 "lepton.snapshot_sha256": manifest["sha256"],
                 "lepton.snapshot_uri": evaluated.snapshot_uri,
@@ -154,6 +155,14 @@ def register(
         already_registered=already,
         metrics=evaluated.metrics,
     )
+
+
+def _pipeline_tags(client: Any, parent_run_id: str | None) -> dict[str, str]:
+    """The orchestrator run behind the pipeline run, so a version links back to its DAG run."""
+    if not parent_run_id:
+        return {}
+    tags = client.get_run(parent_run_id).data.tags
+    return {k: tags[k] for k in ("lepton.dag_id", "lepton.dag_run_id") if tags.get(k)}
 
 
 def _description(manifest: dict[str, Any], evaluated: EvaluateResult) -> str:
@@ -239,6 +248,8 @@ def describe_model(model_name: str | None = None) -> ModelInfo:
                 else None,
                 architecture=tags.get("lepton.architecture"),
                 pipeline_run_id=tags.get("lepton.pipeline_run_id") or None,
+                dag_id=tags.get("lepton.dag_id"),
+                dag_run_id=tags.get("lepton.dag_run_id"),
                 train_run_id=tags.get("lepton.train_run_id"),
                 decision=tags.get("lepton.decision"),
                 created_at=datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(

@@ -272,6 +272,7 @@ def train(
             model_uri=model_uri,
             mlflow_model_uri=mlflow_model_uri,
             mlflow_run_id=run.info.run_id,
+            mlflow_experiment_id=run.info.experiment_id,
             architecture=params.architecture,
             epochs_run=reporter.initial_epoch + len(val_losses),
             best_epoch=reporter.initial_epoch + best + 1,

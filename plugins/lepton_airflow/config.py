@@ -24,6 +24,8 @@ ORCHESTRATION_ONLY = {
     "LEPTON_DOCKER_VOLUME",
     "LEPTON_DOCKER_DATA_PATH",
     "LEPTON_TRAIN_GPUS",
+    "LEPTON_MLFLOW_UI_URL",
+    "LEPTON_ALERT_WEBHOOK_URL",
 }
 SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "KEY")
 
@@ -35,6 +37,14 @@ class RuntimeSettings(BaseSettings):
     schedule: str = Field(default="0 2 * * *", description="Nightly retraining cron, UTC.")
     home: Path = Path(".lepton")
     landing_uri: str | None = None
+
+    mlflow_ui_url: str = Field(
+        default="http://localhost:5000", description="Where users open MLflow (extra links)."
+    )
+
+    alert_webhook_url: str | None = Field(
+        default=None, description="POST a JSON alert here when a step fails (Slack-compatible)."
+    )
 
     task_image: str = "lepton/task:0.1.0"
     gpu_task_image: str = "lepton/task-gpu:0.1.0"

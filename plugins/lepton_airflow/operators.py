@@ -19,6 +19,8 @@ from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
+from lepton_airflow.links import STEP_LINKS
+
 # Exit codes of failures a retry cannot fix (bad flags, bad data, missing upstream output,
 # diverged training); see lepton_tasks.errors. Others (tracking down, crashes) are retried.
 NO_RETRY_EXIT_CODES = frozenset({2, 3, 4, 5, 6, 8})
@@ -56,6 +58,7 @@ class LeptonStepOperator(BaseOperator):
     """Runs `lepton-tasks <step> ...` as a subprocess of the worker (the 'local' runtime)."""
 
     template_fields: Sequence[str] = ("arguments",)
+    operator_extra_links = STEP_LINKS
     ui_color = "#e8f0fe"
 
     def __init__(
@@ -129,6 +132,8 @@ class LeptonStepOperator(BaseOperator):
 class LeptonDockerOperator(DockerOperator):
     """DockerOperator whose XCom is the step's parsed JSON result."""
 
+    operator_extra_links = STEP_LINKS
+
     def __init__(self, *, step: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.step = step
@@ -143,6 +148,8 @@ class LeptonDockerOperator(DockerOperator):
 
 class LeptonPodOperator(KubernetesPodOperator):
     """KubernetesPodOperator for a step; the pod writes its result to /airflow/xcom/return.json."""
+
+    operator_extra_links = STEP_LINKS
 
     def __init__(self, *, step: str, **kwargs: Any) -> None:
         super().__init__(**kwargs)

@@ -7,7 +7,9 @@ gate decides; a corrupt batch stops the run at validate and leaves the champion 
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import mlflow
@@ -37,13 +39,58 @@ def step_result(dag_run, step: str) -> dict:
     return json.loads((run_dir / step / "result.json").read_text())
 
 
+def xcom(dag_run, task_id: str, key: str):
+    from airflow.models.xcom import XComModel
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter(
+                XComModel.dag_id == dag_run.dag_id,
+                XComModel.run_id == dag_run.run_id,
+                XComModel.task_id == task_id,
+                XComModel.key == key,
+            )
+            .one_or_none()
+        )
+        return None if row is None else XComModel.deserialize_value(row)
+
+
+class AlertSink:
+    """A webhook receiver on loopback that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = HTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 def night(day: int) -> datetime:
     return datetime(2026, 1, day, 2, 0, tzinfo=UTC)
 
 
 def test_three_nights_champion_growth_gate_and_corrupt_batch(
-    tmp_path: Path, lepton_env: Path, airflow_db: Path, fresh_runtime_settings, capfd
+    tmp_path: Path,
+    lepton_env: Path,
+    airflow_db: Path,
+    fresh_runtime_settings,
+    capfd,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    alerts = AlertSink()
+    monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", alerts.url)
+    monkeypatch.setenv("LEPTON_MLFLOW_UI_URL", "http://mlflow.example:5000")
     landing = lepton_env / "landing"
     simulate_landing("sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=1)
     dag = load_dag()
@@ -68,6 +115,17 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
     assert "pipeline/manifest.json" in {
         a.path for a in client.list_artifacts(pipeline.info.run_id, "pipeline")
     }
+    # extra links: each step to its MLflow run, register to the model version
+    train_link = xcom(first, "train", "_link_MlflowRunLink")
+    assert train_link == (
+        f"http://mlflow.example:5000/#/experiments/{train_run.info.experiment_id}/runs/"
+        f"{train_run.info.run_id}"
+    )
+    assert xcom(first, "ingest", "_link_MlflowRunLink").endswith(f"/runs/{pipeline.info.run_id}")
+    assert xcom(first, "register", "_link_MlflowModelVersionLink") == (
+        f"http://mlflow.example:5000/#/models/lepton-digits/versions/{champion.version}"
+    )
+    assert alerts.received == []
 
     # Night 2: a second batch lands; more data, and champion moves only if the gate says so.
     simulate_landing("sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=2)
@@ -101,3 +159,7 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
     assert any("skewed" in p.name for p in (landing / "_quarantine").iterdir())
     ended = step_result(third, "pipeline-end")
     assert ended["status"] == "FAILED" and ended["failed_step"] == "validate"
+    (alert,) = alerts.received  # no retries for bad data, so exactly one alert
+    assert alert["step"] == "validate" and alert["run_id"] == third.run_id
+    assert alert["reason"].startswith("lepton-tasks validate: DataValidationError")
+    assert "validate failed" in alert["text"]

@@ -1,0 +1,56 @@
+"""Extra links from step tasks to MLflow: each step's run, and register's model version.
+
+Airflow 3 computes a link in the worker when the task ends and keeps it as an XCom, so these
+read the step's own result fields (pushed one XCom per field) and never call MLflow.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from airflow.sdk import BaseOperatorLink
+from airflow.sdk.execution_time.xcom import XCom
+
+from lepton_airflow.config import runtime_settings
+
+PIPELINE_TASK = "pipeline_start"
+
+
+def _value(ti_key: Any, key: str, task_id: str | None = None) -> Any:
+    if task_id is None:
+        return XCom.get_value(ti_key=ti_key, key=key)
+    return XCom.get_one(key=key, dag_id=ti_key.dag_id, task_id=task_id, run_id=ti_key.run_id)
+
+
+def mlflow_run_url(experiment_id: str, run_id: str) -> str:
+    return f"{runtime_settings().mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+class MlflowRunLink(BaseOperatorLink):
+    """The step's own MLflow run (train, evaluate), else the pipeline run it belongs to."""
+
+    name = "MLflow run"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        run_id = _value(ti_key, "mlflow_run_id")
+        experiment_id = _value(ti_key, "mlflow_experiment_id")
+        if not run_id:
+            run_id = _value(ti_key, "mlflow_run_id", PIPELINE_TASK)
+            experiment_id = _value(ti_key, "mlflow_experiment_id", PIPELINE_TASK)
+        return mlflow_run_url(experiment_id, run_id) if run_id and experiment_id else ""
+
+
+class MlflowModelVersionLink(BaseOperatorLink):
+    """The registered model version (register only)."""
+
+    name = "MLflow model version"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        name, version = _value(ti_key, "model_name"), _value(ti_key, "version")
+        if not (name and version):
+            return ""
+        base = runtime_settings().mlflow_ui_url.rstrip("/")
+        return f"{base}/#/models/{name}/versions/{version}"
+
+
+STEP_LINKS = (MlflowRunLink(), MlflowModelVersionLink())

@@ -1,0 +1,69 @@
+"""Failure alerts: the failing step, its one-line reason, and where to look.
+
+`LEPTON_ALERT_WEBHOOK_URL` gets a JSON POST (Slack incoming webhooks accept it too: the `text`
+field is the message). Without it, nothing is sent. Email or Slack providers' own notifiers can
+be added to `on_failure_callback` the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import urllib.request
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+from lepton_airflow.config import runtime_settings
+
+log = logging.getLogger(__name__)
+
+
+def failure_reason(exception: BaseException | None) -> str:
+    """The step's own one-line message, without the exit code suffix."""
+    if exception is None:
+        return "unknown failure"
+    text = (
+        str(exception).strip().splitlines()[0]
+        if str(exception).strip()
+        else type(exception).__name__
+    )
+    return re.sub(r"\s*\[exit \d+\]$", "", text)
+
+
+class WebhookFailureNotifier(BaseNotifier):
+    def __init__(self, url: str, timeout: float = 10.0) -> None:
+        super().__init__()
+        self.url = url
+        self.timeout = timeout
+
+    def payload(self, context: Any) -> dict[str, Any]:
+        ti = context["ti"]
+        reason = failure_reason(context.get("exception"))
+        settings = runtime_settings()
+        return {
+            "text": f"Lepton: {ti.dag_id} step {ti.task_id} failed: {reason}",
+            "dag_id": ti.dag_id,
+            "run_id": ti.run_id,
+            "step": ti.task_id,
+            "try_number": ti.try_number,
+            "reason": reason,
+            "links": {"mlflow": settings.mlflow_ui_url},
+        }
+
+    def notify(self, context: Any) -> None:
+        body = json.dumps(self.payload(context)).encode()
+        request = urllib.request.Request(
+            self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout):
+                pass
+        except OSError as exc:  # an alert must never turn into a second failure
+            log.warning("could not deliver the failure alert to %s: %s", self.url, exc)
+
+
+def failure_callbacks() -> list[BaseNotifier]:
+    url = runtime_settings().alert_webhook_url
+    return [WebhookFailureNotifier(url)] if url else []
