@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import sys
 import tempfile
 import time
 from typing import Any
@@ -95,6 +96,12 @@ class EpochReporter:
 
             def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
                 reporter.epoch_started = time.perf_counter()
+                reporter.epoch = epoch + 1
+
+            def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+                if reporter.interactive:  # a terminal gets a live line; task logs do not
+                    sys.stderr.write(f"\repoch {reporter.epoch}/{epochs} batch {batch + 1}")
+                    sys.stderr.flush()
 
             def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
                 import mlflow
@@ -104,6 +111,8 @@ class EpochReporter:
                     raise TrainingError(f"training diverged: NaN metric at epoch {epoch + 1}")
                 took = time.perf_counter() - reporter.epoch_started
                 reporter.epochs_run = epoch + 1
+                if reporter.interactive:
+                    sys.stderr.write("\r")
                 log.info(
                     "epoch %d/%d %s %.1fs",
                     epoch + 1,
@@ -114,6 +123,8 @@ class EpochReporter:
                 mlflow.log_metrics({**logs, "epoch_seconds": took}, step=epoch + 1)
 
         self.callback = Callback()
+        self.interactive = sys.stderr.isatty()
+        self.epoch = 0
         self.initial_epoch = 0
         self.epochs_run = 0
         self.started = self.epoch_started = time.perf_counter()
@@ -263,6 +274,7 @@ def train(
                 "images_per_second": images_per_second,
             }
         )
+        mlflow.log_figure(learning_curves(history.history), "learning_curves.png")
         model_uri = storage.join(out_dir, "model.keras")
         _save_keras(model, model_uri)
         mlflow_model_uri = _log_model(model, x_val[:5])
@@ -285,6 +297,26 @@ def train(
     storage.write_json(storage.join(out_dir, "params.json"), params.model_dump())
     log.info("trained: %s", json.dumps(metrics))
     return result
+
+
+def learning_curves(history: dict[str, list[float]]) -> Any:
+    """Loss and accuracy per epoch, train and validation, as one matplotlib figure."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        epochs = range(1, len(history.get(metric, [])) + 1)
+        ax.plot(epochs, history.get(metric, []), marker="o", label="train")
+        ax.plot(epochs, history.get(f"val_{metric}", []), marker="o", label="validation")
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.legend()
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
 
 
 def _save_keras(model: Any, uri: str) -> None:

@@ -121,3 +121,28 @@ def test_parsing_touches_no_database_or_network(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "lepton_training" in done.stdout
     assert not (tmp_path / "missing").exists()
+
+
+def test_backfill_plans_one_run_per_night(airflow_db: Path) -> None:
+    airflow = str(Path(sys.executable).with_name("airflow"))
+    subprocess.run([airflow, "dags", "reserialize"], check=True, capture_output=True)
+    done = subprocess.run(
+        [
+            airflow,
+            "backfill",
+            "create",
+            "--dag-id",
+            "lepton_training",
+            "--from-date",
+            "2026-01-01",
+            "--to-date",
+            "2026-01-04",
+            "--dry-run",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    planned = [line for line in done.stdout.splitlines() if "02:00:00+00:00" in line]
+    assert len(planned) == 3  # Jan 1, 2 and 3 at 02:00 UTC, the cron's nights in the range

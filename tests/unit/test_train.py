@@ -62,6 +62,13 @@ def test_rerunning_a_crashed_run_resumes_from_the_last_epoch(
     again = train(run, params=params)  # finished with the same settings: nothing to redo
     assert again.mlflow_run_id == resumed.mlflow_run_id
 
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    assert "learning_curves.png" in {a.path for a in client.list_artifacts(resumed.mlflow_run_id)}
+    history = client.get_metric_history(resumed.mlflow_run_id, "val_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]  # one point per epoch, across the crash
+
 
 def test_training_is_reproducible_with_a_seed(tmp_path: Path, lepton_env: Path) -> None:
     ingest("sklearn:digits", str(tmp_path / "a"))
