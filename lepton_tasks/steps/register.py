@@ -138,12 +138,8 @@ def register(
         aliases = sorted(client.get_model_version(model_name, number).aliases)
 
     if parent_run_id:
-        import mlflow
-
         with tracking.tracking_errors("tagging the pipeline run"):
-            mlflow.MlflowClient().set_tag(
-                parent_run_id, "lepton.model_version", f"{model_name}/{number}"
-            )
+            client.set_tag(parent_run_id, "lepton.model_version", f"{model_name}/{number}")
     return RegisterResult(
         run_dir=run_dir,
         model_name=model_name,

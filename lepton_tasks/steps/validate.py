@@ -357,8 +357,11 @@ def _failing_batches(
 def _quarantine_failing(manifest: dict[str, Any], failed: list[dict[str, Any]]) -> list[str]:
     """Quarantine the batches that fail on their own, or the whole source if it is one batch."""
     bad = {c["batch"] for c in failed if c["batch"]}
-    origins = [b["origin"] for b in manifest["batches"] if b["name"] in bad and b.get("origin")]
-    if not origins and len(manifest["batches"]) > 1:
+    batches = manifest["batches"]
+    if len(batches) == 1:  # one batch: it is the culprit, whether or not it was singled out
+        bad = {batches[0]["name"]}
+    origins = [b["origin"] for b in batches if b["name"] in bad and b.get("origin")]
+    if not origins and len(batches) > 1:
         return []  # only the combination fails: nothing to single out, the run still stops
     error = DataValidationError(
         "failed data validation: "

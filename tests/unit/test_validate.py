@@ -93,3 +93,20 @@ def test_failing_landing_batch_is_found_and_quarantined(tmp_path: Path, lepton_e
     assert (landing / "batch-001.npz").exists()
     (quarantined,) = (landing / "_quarantine").iterdir()
     assert json.loads((quarantined / "reason.json").read_text())["error"] == "DataValidationError"
+
+
+def test_single_landing_batch_that_fails_is_moved_not_the_landing_zone(
+    tmp_path: Path, lepton_env: Path
+) -> None:
+    images, labels = digits()
+    landing = tmp_path / "landing"
+    blank = np.zeros_like(images[:400])
+    write_npz(landing / "batch-001.npz", blank, labels[:400])
+    run = tmp_path / "run"
+    ingest(str(landing), str(run))
+    with pytest.raises(DataValidationError, match="blank images"):
+        validate(str(run), data_docs=False)
+    assert not (landing / "batch-001.npz").exists()
+    (quarantined,) = (landing / "_quarantine").iterdir()
+    assert (quarantined / "batch-001.npz").is_file()
+    assert not (lepton_env / "quarantine").exists()  # the landing zone was not copied whole
