@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # Airflow for the full stack: the official image, airflow re-pinned, the providers the step
-# runtimes use, and this repository's dags/ and plugins/. The steps themselves run in the task
-# image (LEPTON_RUNTIME=docker or kubernetes), so TensorFlow is not installed here.
+# runtimes use, this repository's dags/ and plugins/, and the task library's registry code for
+# the Lepton page (MLflow client, no TensorFlow: the steps run in the task image).
 FROM apache/airflow:3.3.2-python3.11
 COPY --chown=airflow:root constraints.txt /opt/lepton/constraints.txt
 RUN pip install --no-cache-dir -c /opt/lepton/constraints.txt \
@@ -9,6 +9,11 @@ RUN pip install --no-cache-dir -c /opt/lepton/constraints.txt \
       "apache-airflow-providers-standard==1.21.0" \
       "apache-airflow-providers-docker==4.6.1" \
       "apache-airflow-providers-cncf-kubernetes==10.25.0" \
-      "pydantic-settings==2.16.3"
+      "pydantic-settings==2.16.3" \
+      "mlflow==3.17.2" \
+      "fsspec==2026.9.0"
+COPY --chown=airflow:root pyproject.toml README.md /opt/lepton/src/
+COPY --chown=airflow:root lepton_tasks/ /opt/lepton/src/lepton_tasks/
+RUN pip install --no-cache-dir --no-deps /opt/lepton/src
 COPY --chown=airflow:root dags/ /opt/airflow/dags/
 COPY --chown=airflow:root plugins/ /opt/airflow/plugins/
