@@ -30,7 +30,14 @@ def lepton_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
     monkeypatch.setenv("GX_ANALYTICS_ENABLED", "False")
     get_settings.cache_clear()
+    import mlflow
+
+    # mlflow.set_tracking_uri() is process-global and beats the environment variable: pin it to
+    # this test's store so no in-process client reads another test's registry.
+    previous = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{home}/mlflow.db")
     yield home
+    mlflow.set_tracking_uri(previous)
     get_settings.cache_clear()
 
 

@@ -61,6 +61,8 @@ def instructions(dockerfile: Path) -> list[tuple[str, str]]:
 
 
 def test_compose_file_validates_against_the_compose_specification() -> None:
+    if not SPEC.exists():
+        pytest.skip(f"the Compose Specification schema is not at {SPEC}")
     schema = json.loads(SPEC.read_text())
     jsonschema.validate(compose(), schema)
 
