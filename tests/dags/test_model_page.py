@@ -18,11 +18,11 @@ def registry(lepton_env: Path) -> MlflowClient:
     """A real registry with two versions carrying Lepton's lineage tags; v1 is champion."""
     import mlflow
 
-    tracking.setup()
+    experiment_id = tracking.setup()  # artifacts beside the test's store, not in ./mlruns
     client = MlflowClient()
     client.create_registered_model("lepton-digits")
     for number, accuracy in ((1, 0.97), (2, 0.98)):
-        with mlflow.start_run() as run:
+        with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.log_dict({"v": number}, "model/info.json")
         client.create_model_version(
             "lepton-digits",
