@@ -162,8 +162,13 @@ def train(
         str, typer.Option("--model", help="Architecture: lepton_cnn (default) or seed_cnn.")
     ] = "lepton_cnn",
     epochs: Annotated[
-        int, typer.Option(min=1, help="Epochs: the learning-rate schedule spans them.")
-    ] = 5,
+        int | None,
+        typer.Option(
+            min=1,
+            help="Epochs, spanned by the learning-rate schedule [default: enough for 500 "
+            "optimizer steps, at least 5].",
+        ),
+    ] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 64,
     learning_rate: Annotated[
         float | None, typer.Option(help="Peak learning rate [default: the model's own].")

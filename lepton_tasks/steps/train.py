@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 class TrainParams(BaseModel):
     architecture: str = DEFAULT_ARCHITECTURE
-    epochs: int = 5  # the cosine schedule spans them; early stopping may end sooner
+    epochs: int | None = None  # None: auto_epochs(); the cosine schedule spans them
     batch_size: int = 64
     learning_rate: float | None = None
     patience: int = 3
@@ -42,6 +42,16 @@ class TrainParams(BaseModel):
 
 def _with_channels(images: np.ndarray) -> np.ndarray:
     return images[..., np.newaxis] if images.ndim == 3 else images
+
+
+# Without --epochs: at least MIN_STEPS optimizer steps and MIN_EPOCHS epochs, so a few hundred
+# examples train as well as a few thousand (5 epochs of 8 steps would leave a model half-trained).
+MIN_STEPS = 500
+MIN_EPOCHS = 5
+
+
+def auto_epochs(steps_per_epoch: int) -> int:
+    return max(MIN_EPOCHS, math.ceil(MIN_STEPS / max(steps_per_epoch, 1)))
 
 
 def make_dataset(
@@ -156,7 +166,7 @@ def train(
 ) -> TrainResult:
     params = params or TrainParams()
     architecture = get_architecture(params.architecture)
-    if params.epochs < 1 or params.batch_size < 1:
+    if (params.epochs is not None and params.epochs < 1) or params.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
     snapshot_uri = _train_inputs(run_dir, snapshot_uri)
     out_dir = step_dir(run_dir, "train")
@@ -186,10 +196,11 @@ def train(
     input_shape = tuple(_with_channels(x_train[:1]).shape[1:])
     learning_rate = params.learning_rate or architecture.learning_rate
     steps_per_epoch = math.ceil(len(x_train) / params.batch_size)
+    epochs = params.epochs or auto_epochs(steps_per_epoch)
     with strategy.scope():
         model = architecture.build(input_shape, num_classes)
         schedule = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=steps_per_epoch * params.epochs, alpha=0.05
+            learning_rate, decay_steps=steps_per_epoch * epochs, alpha=0.05
         )
         model.compile(
             optimizer=keras.optimizers.Adam(schedule),
@@ -213,7 +224,7 @@ def train(
         if storage.exists(run_id_uri) and storage.exists(backup_dir)
         else None
     )
-    reporter = EpochReporter(params.epochs)
+    reporter = EpochReporter(epochs)
     tags = {"lepton.snapshot_id": manifest["snapshot_id"], "lepton.run_dir": run_dir}
     with tracking.step_run("train", parent_run_id, run_id=resume_run_id, tags=tags) as run:
         import mlflow
@@ -223,6 +234,7 @@ def train(
             mlflow.log_params(
                 {
                     **params.model_dump(),
+                    "epochs": epochs,
                     "learning_rate": learning_rate,
                     "device": device,
                     "mixed_precision_active": mixed,
@@ -250,7 +262,7 @@ def train(
         history = model.fit(
             train_ds,
             validation_data=val_ds,
-            epochs=params.epochs,
+            epochs=epochs,
             callbacks=callbacks,
             shuffle=False,  # the dataset shuffles itself, seeded
             verbose=0,

@@ -88,7 +88,7 @@ def test_params_form_schema(fresh_runtime_settings) -> None:
     }
     assert set(params.keys()) == expected
     schema = {key: params.get_param(key).schema for key in expected}
-    assert schema["epochs"]["type"] == "integer" and schema["epochs"]["minimum"] == 1
+    assert schema["epochs"]["type"] == ["null", "integer"] and schema["epochs"]["minimum"] == 1
     assert schema["format"]["enum"][0] == "auto"
     assert schema["learning_rate"]["type"] == ["null", "number"]
     assert schema["force_promotion"]["type"] == "boolean"

@@ -10,7 +10,7 @@ from lepton_tasks.errors import UsageError
 from lepton_tasks.models import ARCHITECTURES, get_architecture
 from lepton_tasks.steps import train as train_module
 from lepton_tasks.steps.ingest import ingest
-from lepton_tasks.steps.train import TrainParams, train
+from lepton_tasks.steps.train import TrainParams, auto_epochs, train
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
@@ -77,3 +77,9 @@ def test_training_is_reproducible_with_a_seed(tmp_path: Path, lepton_env: Path) 
     first = train(str(tmp_path / "a"), params=params)
     second = train(str(tmp_path / "b"), params=params)
     assert first.metrics["val_loss"] == pytest.approx(second.metrics["val_loss"], rel=1e-4)
+
+
+def test_default_epochs_give_small_datasets_enough_steps() -> None:
+    assert auto_epochs(125) == 5  # MNIST-sized: 8,000 examples at batch 64
+    assert auto_epochs(23) == 22  # the bundled digits' train split
+    assert auto_epochs(8) == 63  # one landing batch of 600 digits
