@@ -59,10 +59,6 @@ class Settings(BaseSettings):
         return f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
 
     @property
-    def mlflow_artifact_location(self) -> str:
-        return (self.home.resolve() / "mlartifacts").as_uri()
-
-    @property
     def runs_root(self) -> str:
         return self.artifact_root or str(self.home.resolve() / "runs")
 

@@ -1,6 +1,7 @@
-"""Operators that run a `lepton-tasks` step: a local process, a Docker container, a pod.
+"""The local step operator (`lepton-tasks <step>` as a subprocess) and what all runtimes share.
 
-All three take the same command line and environment; XCom is the step's JSON result.
+The Docker and Kubernetes operators live in `container_operators`, so a DAG parsed with the
+local runtime never imports those providers.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-from airflow.providers.docker.operators.docker import DockerOperator
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowFailException
 
@@ -127,34 +126,3 @@ class LeptonStepOperator(BaseOperator):
     def on_kill(self) -> None:
         if self._process and self._process.poll() is None:
             os.killpg(self._process.pid, signal.SIGTERM)
-
-
-class LeptonDockerOperator(DockerOperator):
-    """DockerOperator whose XCom is the step's parsed JSON result."""
-
-    operator_extra_links = STEP_LINKS
-
-    def __init__(self, *, step: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.step = step
-
-    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
-        super().render_template_fields(context, jinja_env)
-        self.command = drop_empty_options(self.command)
-
-    def execute(self, context: Any) -> dict[str, Any]:
-        return parse_result(super().execute(context), self.step)
-
-
-class LeptonPodOperator(KubernetesPodOperator):
-    """KubernetesPodOperator for a step; the pod writes its result to /airflow/xcom/return.json."""
-
-    operator_extra_links = STEP_LINKS
-
-    def __init__(self, *, step: str, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.step = step
-
-    def render_template_fields(self, context: Any, jinja_env: Any = None) -> None:
-        super().render_template_fields(context, jinja_env)
-        self.arguments = drop_empty_options(self.arguments)

@@ -71,7 +71,7 @@ def _docker(
 ) -> Any:
     from docker.types import DeviceRequest, Mount
 
-    from lepton_airflow.operators import LeptonDockerOperator
+    from lepton_airflow.container_operators import LeptonDockerOperator
 
     gpu = _uses_gpu(name, settings)
     return LeptonDockerOperator(
@@ -104,7 +104,7 @@ def _kubernetes(
 ) -> Any:
     from kubernetes.client import models as k8s
 
-    from lepton_airflow.operators import LeptonPodOperator
+    from lepton_airflow.container_operators import LeptonPodOperator
 
     gpu = _uses_gpu(name, settings)
     volumes, mounts = [], []
