@@ -121,12 +121,23 @@ def ingest(
         str | None,
         typer.Option(help="Comma-separated class names [default: LEPTON_CLASSES, digits 0-9]."),
     ] = None,
+    when_empty: Annotated[
+        str,
+        typer.Option(
+            help="fail|skip: a landing-zone folder that is missing or empty fails (exit 3), "
+            "or is a skip (exit 10, NothingToIngestError) for scheduled runs."
+        ),
+    ] = "fail",
 ) -> None:
     """Read a labeled image dataset into a normalized, content-addressed snapshot."""
     from lepton_tasks.steps.ingest import ingest as ingest_step
 
     class_names = [c.strip() for c in classes.split(",")] if classes else None
-    run_step("ingest", run_dir, lambda: ingest_step(source, run_dir, fmt, class_names))
+    run_step(
+        "ingest",
+        run_dir,
+        lambda: ingest_step(source, run_dir, fmt, class_names, when_empty=when_empty),
+    )
 
 
 @app.command()

@@ -80,6 +80,13 @@ class RegistryError(LeptonError):
     exit_code = 9
 
 
+class NothingToIngestError(LeptonError):
+    """The landing zone holds no batch yet: nothing to train on. A skip, not a failure."""
+
+    exit_code = 10
+    kind = "skip"
+
+
 EXIT_CODES: dict[str, int] = {
     cls.__name__: cls.exit_code
     for cls in (
@@ -91,5 +98,6 @@ EXIT_CODES: dict[str, int] = {
         TrackingUnavailableError,
         TrainingError,
         RegistryError,
+        NothingToIngestError,
     )
 }

@@ -388,6 +388,21 @@ def open_source(source: str, fmt: str = "auto") -> list[Batch]:
     return folder_batches(source)
 
 
+def is_empty_landing_zone(source: str) -> bool:
+    """A folder source that is missing or holds nothing that could be a batch (names starting
+    with '.' or '_', such as `_quarantine/`, do not count). Other sources are never empty here:
+    reading them says whether they are good."""
+    if source.startswith("sklearn:") or "," in source:
+        return False
+    if not storage.exists(source):
+        return True
+    if not storage.is_dir(source):
+        return False
+    return not any(
+        not storage.basename(entry).startswith((".", "_")) for entry in storage.list_dir(source)
+    )
+
+
 def folder_batches(folder: str, *, top: bool = True) -> list[Batch]:
     """A landing zone: every dataset file or sub-folder in it is a batch, in name order.
 

@@ -7,7 +7,7 @@ import logging
 from lepton_tasks import storage
 from lepton_tasks.data import readers
 from lepton_tasks.data.snapshot import SnapshotWriter
-from lepton_tasks.errors import InputDataError
+from lepton_tasks.errors import InputDataError, NothingToIngestError, UsageError
 from lepton_tasks.quarantine import quarantine_bad_data
 from lepton_tasks.results import BatchInfo, IngestResult, records_result, step_dir
 from lepton_tasks.settings import get_settings
@@ -22,7 +22,14 @@ def ingest(
     fmt: str = "auto",
     class_names: list[str] | None = None,
     chunk_size: int = readers.CHUNK_SIZE,
+    when_empty: str = "fail",
 ) -> IngestResult:
+    """Snapshot `source`. With when_empty="skip", a landing-zone folder that is missing or holds
+    no batch yet raises NothingToIngestError (a skipped night) instead of a data error."""
+    if when_empty not in ("fail", "skip"):
+        raise UsageError(f"--when-empty must be fail or skip, not '{when_empty}'")
+    if when_empty == "skip" and readers.is_empty_landing_zone(source):
+        raise NothingToIngestError("no batch has landed yet: nothing to train on", where=source)
     settings = get_settings()
     class_names = list(class_names or settings.classes)
     snapshot_uri = storage.join(step_dir(run_dir, "ingest"), "snapshot")

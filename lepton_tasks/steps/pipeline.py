@@ -12,7 +12,7 @@ import re
 from typing import Any
 
 from lepton_tasks import storage, tracking
-from lepton_tasks.errors import UsageError
+from lepton_tasks.errors import NothingToIngestError, UsageError
 from lepton_tasks.results import (
     PipelineEndResult,
     PipelineStartResult,
@@ -84,7 +84,8 @@ def start(
 
 @records_result
 def end(run_dir: str, parent_run_id: str) -> PipelineEndResult:
-    """Close the pipeline run: FINISHED when register succeeded, FAILED with the first error."""
+    """Close the pipeline run: FINISHED when register succeeded (tagged SKIPPED when nothing had
+    landed), FAILED with the first error."""
     import mlflow
 
     outcome: dict[str, Any] = {"status": "FINISHED", "failed_step": None, "error": None}
@@ -92,7 +93,10 @@ def end(run_dir: str, parent_run_id: str) -> PipelineEndResult:
         error_uri = storage.join(run_dir, step, "error.json")
         if storage.exists(error_uri):
             error = storage.read_json(error_uri)
-            outcome = {"status": "FAILED", "failed_step": step, "error": error.get("message")}
+            if error.get("error") == NothingToIngestError.__name__:
+                outcome = {"status": "SKIPPED", "failed_step": None, "error": error.get("message")}
+            else:
+                outcome = {"status": "FAILED", "failed_step": step, "error": error.get("message")}
             break
         if not storage.exists(result_uri(run_dir, step)):
             outcome = {"status": "FAILED", "failed_step": step, "error": "did not run"}
@@ -111,6 +115,10 @@ def end(run_dir: str, parent_run_id: str) -> PipelineEndResult:
         if outcome["failed_step"]:
             client.set_tag(parent_run_id, "lepton.failed_step", outcome["failed_step"])
             client.set_tag(parent_run_id, "lepton.error", str(outcome["error"])[:500])
-        client.set_terminated(parent_run_id, status=outcome["status"])
+        if outcome["status"] == "SKIPPED":
+            client.set_tag(parent_run_id, "lepton.skip_reason", str(outcome["error"]))
+        # MLflow knows no "skipped": a night with nothing to train on finished as it should.
+        mlflow_status = "FINISHED" if outcome["status"] == "SKIPPED" else outcome["status"]
+        client.set_terminated(parent_run_id, status=mlflow_status)
     log.info("pipeline run %s: %s", parent_run_id, outcome)
     return PipelineEndResult(run_dir=run_dir, mlflow_run_id=parent_run_id, **outcome)

@@ -16,13 +16,16 @@ from collections.abc import Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from lepton_airflow.links import STEP_LINKS
+from lepton_tasks.errors import NothingToIngestError
 
 # Exit codes of failures a retry cannot fix (bad flags, bad data, missing upstream output,
 # diverged training); see lepton_tasks.errors. Others (tracking down, crashes) are retried.
 NO_RETRY_EXIT_CODES = frozenset({2, 3, 4, 5, 6, 8})
+# NothingToIngestError: no batch has landed yet. The task is skipped, and so is the rest.
+SKIP_EXIT_CODE = NothingToIngestError.exit_code  # see lepton_airflow.steps
 # The environment a process inherits besides the step's own: what any container has.
 BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER")
 
@@ -118,6 +121,8 @@ class LeptonStepOperator(BaseOperator):
         streamer.join()
         if code != 0:
             reason = error_lines[-1] if error_lines else f"exit code {code}"
+            if code == SKIP_EXIT_CODE:
+                raise AirflowSkipException(reason)
             failure = AirflowFailException if code in NO_RETRY_EXIT_CODES else AirflowException
             raise failure(f"{reason} [exit {code}]")
         lines = [line for line in stdout.splitlines() if line.strip()]

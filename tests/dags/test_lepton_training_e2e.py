@@ -1,7 +1,8 @@
 """The real DAG through Airflow's task runner (`dag.test()`), local runtime, bundled digits.
 
-Three nights in a row: the first batch makes a champion; a second batch grows the data and the
-gate decides; a corrupt batch stops the run at validate and leaves the champion alone.
+Four nights in a row: nothing has landed, so the night is skipped; the first batch makes a
+champion; a second batch grows the data and the gate decides; a corrupt batch stops the run at
+validate and leaves the champion alone.
 """
 
 from __future__ import annotations
@@ -92,13 +93,27 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
     monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", alerts.url)
     monkeypatch.setenv("LEPTON_MLFLOW_UI_URL", "http://mlflow.example:5000")
     landing = lepton_env / "landing"
-    simulate_landing("sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=1)
     dag = load_dag()
     conf = {"source": str(landing), "epochs": 8}
     client = MlflowClient()
 
+    # Night 0: nothing has landed yet. The night is skipped, not failed: no alert, no model.
+    empty = dag.test(logical_date=night(1), run_conf=conf)
+    states = task_states(empty)
+    assert empty.state == "success", states
+    assert states["ingest"] == "skipped"
+    assert {states[s] for s in ("validate", "train", "evaluate", "register")} == {"skipped"}
+    assert states["pipeline_end"] == "success"
+    ended = step_result(empty, "pipeline-end")
+    assert ended["status"] == "SKIPPED" and "no batch has landed yet" in ended["error"]
+    skipped_run = mlflow.get_run(ended["mlflow_run_id"])
+    assert skipped_run.info.status == "FINISHED"
+    assert skipped_run.data.tags["lepton.outcome"] == "SKIPPED"
+    assert client.search_registered_models() == [] and alerts.received == []
+
     # Night 1: first batch, first champion, lineage back to this DAG run.
-    first = dag.test(logical_date=night(1), run_conf=conf)
+    simulate_landing("sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=1)
+    first = dag.test(logical_date=night(2), run_conf=conf)
     assert first.state == "success", task_states(first)
     assert set(task_states(first).values()) == {"success"}
     ingested = step_result(first, "ingest")
@@ -107,7 +122,7 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
     pipeline = mlflow.get_run(champion.tags["lepton.pipeline_run_id"])
     assert pipeline.data.tags["lepton.dag_id"] == "lepton_training"
     assert pipeline.data.tags["lepton.dag_run_id"] == first.run_id
-    assert pipeline.data.tags["lepton.logical_date"].startswith("2026-01-01")
+    assert pipeline.data.tags["lepton.logical_date"].startswith("2026-01-02")
     assert pipeline.data.tags["lepton.dag_version"]
     assert pipeline.info.status == "FINISHED" and pipeline.data.params["epochs"] == "8"
     train_run = mlflow.get_run(champion.tags["lepton.train_run_id"])
@@ -129,7 +144,7 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
 
     # Night 2: a second batch lands; more data, and champion moves only if the gate says so.
     simulate_landing("sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=2)
-    second = dag.test(logical_date=night(2), run_conf=conf)
+    second = dag.test(logical_date=night(3), run_conf=conf)
     assert second.state == "success", task_states(second)
     assert step_result(second, "ingest")["count"] > ingested["count"]
     decision = step_result(second, "evaluate")["decision"]
@@ -144,7 +159,7 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
         "sklearn:digits", str(landing), str(tmp_path / "sim"), batches=3, take=2, corrupt="skewed"
     )
     capfd.readouterr()
-    third = dag.test(logical_date=night(3), run_conf=conf)
+    third = dag.test(logical_date=night(4), run_conf=conf)
     states = task_states(third)
     assert third.state == "failed"
     assert states["validate"] == "failed"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from airflow.sdk.exceptions import AirflowException, AirflowFailException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 from lepton_airflow.config import RuntimeSettings
 from lepton_airflow.operators import LeptonStepOperator, drop_empty_options
@@ -40,6 +40,14 @@ def test_local_runtime_bad_data_fails_without_retry_and_carries_the_message(
     missing = str(tmp_path / "nowhere.npz")
     operator = step("ingest", run_dir=str(tmp_path / "run"), source=missing)
     with pytest.raises(AirflowFailException, match=r"InputDataError: file not found .*\[exit 3\]"):
+        operator.execute({})
+
+
+def test_local_runtime_empty_landing_zone_skips(tmp_path: Path, lepton_env: Path) -> None:
+    landing = tmp_path / "landing"
+    (landing / "_quarantine" / "old-batch").mkdir(parents=True)  # rejected batches do not count
+    operator = step("ingest", run_dir=str(tmp_path / "run"), source=str(landing), when_empty="skip")
+    with pytest.raises(AirflowSkipException, match=r"NothingToIngestError: no batch has landed"):
         operator.execute({})
 
 
@@ -80,6 +88,7 @@ def test_docker_runtime_renders_image_command_env_and_gpu_only_for_train(
     assert "LEPTON_RUNTIME" not in train.environment
     (mount,) = train.mounts
     assert mount["Target"] == "/opt/lepton" and mount["Source"] == "lepton-data"
+    assert train.skip_on_exit_code == [10]  # NothingToIngestError skips, as in the local runtime
     no_gpu = step("train", settings=docker_settings(train_gpus=0), **OPTIONS)
     assert no_gpu.device_requests is None and no_gpu.image == settings.task_image
 
@@ -96,7 +105,9 @@ def k8s_settings() -> RuntimeSettings:
 def test_kubernetes_runtime_renders_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lepton:5000")
     settings = k8s_settings()
-    pod = step("train", settings=settings, **OPTIONS).build_pod_request_obj(dry_run=True)
+    operator = step("train", settings=settings, **OPTIONS)
+    assert operator.skip_on_exit_code == [10]
+    pod = operator.build_pod_request_obj(dry_run=True)
     container, sidecar = pod.spec.containers
     assert sidecar.name == "airflow-xcom-sidecar"  # it reads /airflow/xcom/return.json
     assert container.image == settings.gpu_task_image

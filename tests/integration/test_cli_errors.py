@@ -37,6 +37,23 @@ def test_unknown_source_format_and_missing_file(tmp_path: Path, lepton_env: Path
     assert error["error"] == "InputDataError" and error["exit_code"] == 3
 
 
+def test_empty_landing_zone_fails_or_skips_as_asked(tmp_path: Path, lepton_env: Path) -> None:
+    run, landing = str(tmp_path / "run"), tmp_path / "landing"
+    (landing / "_quarantine").mkdir(parents=True)
+    done = run_cli("ingest", "--run-dir", run, "--source", str(landing))
+    assert_clean_failure(done, "InputDataError", "no dataset in folder")
+    done = run_cli("ingest", "--run-dir", run, "--source", str(landing), "--when-empty", "skip")
+    assert_clean_failure(done, "NothingToIngestError", f"nothing to train on ({landing})")
+    error = json.loads((tmp_path / "run" / "ingest" / "error.json").read_text())
+    assert error["exit_code"] == 10
+    # A landing zone nothing has created yet is skipped too; a real source is read as always.
+    never_created = str(tmp_path / "no-landing-yet")
+    done = run_cli("ingest", "--run-dir", run, "--source", never_created, "--when-empty", "skip")
+    assert done.code == 10, done.stderr
+    done = run_cli("ingest", "--run-dir", run, "--source", "sklearn:digits", "--when-empty", "skip")
+    assert done.code == 0 and done.result["count"] == 1797
+
+
 def test_labels_outside_the_class_set_quarantine_the_landing_batch(
     tmp_path: Path, lepton_env: Path
 ) -> None:
