@@ -8,7 +8,7 @@ UV_VERSION := 0.13.9
 EXTRAS ?= cpu,airflow,server,dev
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint format demo ui bench env images up down clean help
+.PHONY: install browser test test-fast test-browser lint format demo ui bench env images up down clean help
 
 help:
 	@echo "make demo   run the lepton_training pipeline end to end (installs into .venv)"
@@ -32,11 +32,26 @@ $(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
 
 install: $(VENV)/.installed
 
-test: install
+# Debian's Chromium and its ChromeDriver (same build, so they always match) for tests/browser.
+# Needs apt and root or sudo; without apt the browser tests skip, except under CI where they fail.
+BROWSER_PACKAGES := chromium chromium-driver fonts-liberation
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+	  echo "make browser: no apt-get here; install Chromium and ChromeDriver yourself" >&2; exit 0; fi; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	echo "make browser: apt-get install $(BROWSER_PACKAGES)"; \
+	$$sudo apt-get update -qq && \
+	$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null
+
+test: install browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+test-browser: install browser
+	$(BIN)/pytest tests/browser $(PYTEST_ARGS)
+
 test-fast: install
-	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/pytest -m "not slow and not browser" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check .

@@ -18,6 +18,7 @@ local process, a Docker container or a Kubernetes pod (`LEPTON_RUNTIME`).
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pendulum
@@ -86,7 +87,13 @@ landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}
         "force_promotion": Param(
             False, type="boolean", title="Force promotion", description="Needs a reason."
         ),
-        "force_reason": Param("", type="string", title="Reason for forcing promotion"),
+        # Nullable, or the trigger form would demand a reason on every run.
+        "force_reason": Param(
+            None,
+            type=["null", "string"],
+            title="Reason for forcing promotion",
+            description="Recorded in the registry; needed with Force promotion.",
+        ),
     },
     doc_md=__doc__,
     tags=["lepton", "training"],
@@ -104,7 +111,14 @@ def lepton_training() -> None:
     pipeline_run = start.output["mlflow_run_id"]
 
     ingest = step(
-        "ingest", run_dir=run_dir, source="{{ params.source }}", format="{{ params.format }}"
+        "ingest",
+        run_dir=run_dir,
+        source="{{ params.source }}",
+        format="{{ params.format }}",
+        # An empty landing zone skips the night instead of failing it (and paging someone).
+        when_empty="{{ 'skip' if params.source == "
+        + json.dumps(settings.landing)
+        + " else 'fail' }}",
     )
     validate = step(
         "validate",
@@ -129,7 +143,7 @@ def lepton_training() -> None:
         model=train.output["model_uri"],
         model_name="{{ params.model_name }}",
         min_improvement="{{ params.min_improvement }}",
-        force_promotion_reason="{{ params.force_reason if params.force_promotion else '' }}",
+        force_promotion_reason="{{ (params.force_reason or '') if params.force_promotion else '' }}",
         parent_run_id=pipeline_run,
     )
     register = step(

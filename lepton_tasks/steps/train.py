@@ -188,6 +188,9 @@ def train(
     import tensorflow as tf
 
     keras.config.disable_interactive_logging()  # progress bars would land on stdout
+    # ...and go to absl's INFO log instead: MLflow's check of the logged model calls predict()
+    # with Keras' default verbosity, which would put two bars into the task log.
+    logging.getLogger("absl").setLevel(logging.WARNING)
     keras.utils.set_random_seed(params.seed)
     if params.deterministic:
         tf.config.experimental.enable_op_determinism()

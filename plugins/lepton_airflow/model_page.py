@@ -7,12 +7,16 @@ back both need a logged-in Airflow user; a rollback records who did it and why.
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Form, HTTPException
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from lepton_airflow.config import runtime_settings
+
+if TYPE_CHECKING:
+    from lepton_tasks.results import ModelInfo, VersionInfo
 
 
 def _current_user() -> Any:
@@ -53,52 +57,142 @@ def rollback(
 
     run_dir = f"{get_settings().runs_root}/ui-rollbacks"
     try:
-        rollback_champion(model_name, version, reason, user.get_name(), run_dir)
+        done = rollback_champion(model_name, version, reason, user.get_name(), run_dir)
     except LeptonError as exc:
         raise HTTPException(status_code=400, detail=exc.one_line()) from exc
-    return RedirectResponse(url="/lepton/", status_code=303)
+    query = urlencode(
+        {
+            "model_name": done.model_name,
+            "rolled_back_to": done.champion_version,
+            "previous": done.previous_champion_version or "",
+        }
+    )
+    return RedirectResponse(url=f"/lepton/?{query}", status_code=303)
 
 
 @app.get("/", response_class=HTMLResponse)
-def page(model_name: str | None = None, user: Any = User) -> str:
+def page(
+    model_name: str | None = None,
+    rolled_back_to: str | None = None,
+    previous: str | None = None,
+    user: Any = User,
+) -> str:
     info = _info(model_name)
     mlflow = runtime_settings().mlflow_ui_url.rstrip("/")
-    e = html.escape
     champion = next((v for v in info.versions if "champion" in v.aliases), None)
-    rows = []
-    for v in info.versions:
-        metrics = ", ".join(f"{k} {val:.4f}" for k, val in sorted(v.metrics.items()))
-        dag_run = (
-            f'<a href="/dags/{e(v.dag_id)}/runs/{e(v.dag_run_id)}">{e(v.dag_run_id)}</a>'
-            if v.dag_id and v.dag_run_id
-            else ""
-        )
-        rows.append(
-            f"<tr><td><a href='{mlflow}/#/models/{e(info.model_name)}/versions/{e(v.version)}'>"
-            f"v{e(v.version)}</a></td><td>{e(', '.join(v.aliases))}</td><td>{e(metrics)}</td>"
-            f"<td>{e(v.snapshot_id or '')} ({v.snapshot_count or '?'} examples)</td>"
-            f"<td>{dag_run}</td><td>{e(v.decision or '')}</td><td>{e(v.created_at)}</td></tr>"
-        )
-    history = "".join(
-        f"<li>{e(h.get('at', ''))}: v{e(str(h.get('version')))} (was "
-        f"{e(str(h.get('previous')))}) by {e(str(h.get('by')))}: {e(str(h.get('reason')))}</li>"
-        for h in reversed(info.promotion_history)
+    notice = ""
+    if rolled_back_to:
+        was = f" (was v{e(previous)})" if previous else ""
+        notice = f'<p class="notice" id="notice">Champion is now v{e(rolled_back_to)}{was}.</p>'
+    return PAGE.format(
+        model=e(info.model_name),
+        notice=notice,
+        champion=_champion_card(champion, info.tracking_uri),
+        rows="".join(_version_row(v, info.model_name, mlflow) for v in info.versions),
+        rollback=_rollback_form(info, champion, user.get_name()),
+        history="".join(_history_item(h) for h in reversed(info.promotion_history))
+        or "<li>No promotions yet.</li>",
     )
-    options = "".join(f"<option>{e(v.version)}</option>" for v in info.versions)
-    headline = (
-        f"Champion: <strong id='champion'>v{e(champion.version)}</strong>"
-        if champion
-        else "No champion yet."
+
+
+def e(value: Any) -> str:
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _metrics(version: VersionInfo) -> str:
+    return ", ".join(f"{k} {val:.4f}" for k, val in sorted(version.metrics.items()))
+
+
+def _dag_run_link(version: VersionInfo) -> str:
+    if not (version.dag_id and version.dag_run_id):
+        return '<span class="muted">outside Airflow</span>'
+    # target=_top: the page is shown in an iframe of Airflow's UI; the run opens in the UI itself.
+    return (
+        f'<a target="_top" href="/dags/{e(version.dag_id)}/runs/{e(version.dag_run_id)}">'
+        f"{e(version.dag_run_id)}</a>"
     )
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>Lepton</title>
-<style>body{{font-family:system-ui,sans-serif;margin:2rem}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}</style></head><body>
-<h1>Lepton: {e(info.model_name)}</h1><p>{headline} Tracking: {e(info.tracking_uri)}</p>
-<table><thead><tr><th>version</th><th>aliases</th><th>test metrics</th><th>data snapshot</th>
-<th>DAG run</th><th>decision</th><th>registered</th></tr></thead><tbody>{"".join(rows)}</tbody></table>
-<h2>Roll champion back</h2>
-<form method="post" action="/lepton/rollback"><label>version <select name="version">{options}
-</select></label> <label>reason <input name="reason" required></label>
-<input type="hidden" name="model_name" value="{e(info.model_name)}">
-<button type="submit">Make champion</button> (recorded as {e(user.get_name())})</form>
-<h2>Promotion history</h2><ul id="history">{history}</ul></body></html>"""
+
+
+def _champion_card(champion: VersionInfo | None, tracking_uri: str) -> str:
+    if champion is None:
+        return '<section class="card"><p id="champion-none">No champion yet.</p></section>'
+    return (
+        '<section class="card champion"><h2>Champion: '
+        f'<strong id="champion">v{e(champion.version)}</strong></h2>'
+        f"<p>{e(_metrics(champion))}</p>"
+        f"<p>Data snapshot {e(champion.snapshot_id)} ({e(champion.snapshot_count)} examples), "
+        f"{e(champion.architecture)}; DAG run {_dag_run_link(champion)}</p>"
+        f'<p class="muted">MLflow tracking: {e(tracking_uri)}</p></section>'
+    )
+
+
+def _version_row(version: VersionInfo, model_name: str, mlflow: str) -> str:
+    badges = "".join(f'<span class="badge {e(a)}">{e(a)}</span>' for a in version.aliases)
+    return (
+        f'<tr id="version-{e(version.version)}">'
+        f'<td><a target="_blank" rel="noopener" '
+        f'href="{e(mlflow)}/#/models/{e(model_name)}/versions/{e(version.version)}">'
+        f"v{e(version.version)}</a></td><td>{badges}</td><td>{e(_metrics(version))}</td>"
+        f"<td>{e(version.snapshot_id)} ({e(version.snapshot_count or '?')} examples)</td>"
+        f"<td>{_dag_run_link(version)}</td><td>{e(version.decision)}</td>"
+        f"<td>{e(version.created_at)}</td></tr>"
+    )
+
+
+def _rollback_form(info: ModelInfo, champion: VersionInfo | None, user_name: str) -> str:
+    others = [v for v in info.versions if v is not champion]
+    if not others:
+        return '<p class="muted">Only one version: nothing to roll back to.</p>'
+    options = "".join(
+        f'<option value="{e(v.version)}">v{e(v.version)}: {e(_metrics(v))}</option>' for v in others
+    )
+    return (
+        '<form method="post" action="/lepton/rollback" id="rollback">'
+        f'<label>Version <select name="version">{options}</select></label>'
+        '<label>Reason <input name="reason" required minlength="3" '
+        'placeholder="why the champion changes"></label>'
+        f'<input type="hidden" name="model_name" value="{e(info.model_name)}">'
+        '<button type="submit">Make champion</button>'
+        f'<span class="muted">recorded as {e(user_name)}</span></form>'
+    )
+
+
+def _history_item(entry: dict[str, Any]) -> str:
+    previous = entry.get("previous")
+    was = f"was v{e(previous)}" if previous else "first champion"
+    return (
+        f"<li><time>{e(entry.get('at'))}</time> <strong>v{e(entry.get('version'))}</strong> "
+        f"({was}) by {e(entry.get('by'))}: {e(entry.get('reason'))}</li>"
+    )
+
+
+PAGE = """<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Lepton: {model}</title>
+<style>
+body{{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;padding:1.5rem 2rem;
+color:#1a202c;background:#f7fafc;font-size:14px}}
+h1{{font-size:1.5rem;margin:0 0 1rem}} h2{{font-size:1.1rem;margin:0 0 .5rem}}
+.card{{background:#fff;border:1px solid #e2e8f0;border-radius:8px;padding:1rem 1.25rem;
+margin-bottom:1.25rem}}
+.champion{{border-left:4px solid #38a169}} .champion p{{margin:.25rem 0}}
+table{{border-collapse:collapse;width:100%}} th{{background:#edf2f7;font-weight:600}}
+td,th{{border-bottom:1px solid #e2e8f0;padding:.45rem .6rem;text-align:left;vertical-align:top}}
+a{{color:#2b6cb0}} .muted{{color:#718096}}
+.badge{{display:inline-block;border-radius:4px;padding:0 .4rem;margin-right:.25rem;
+background:#e2e8f0;font-size:.8rem}} .badge.champion{{background:#c6f6d5;color:#22543d}}
+.badge.challenger{{background:#bee3f8;color:#2a4365}}
+form{{display:flex;gap:.75rem;align-items:center;flex-wrap:wrap}}
+input,select{{padding:.3rem .5rem;border:1px solid #cbd5e0;border-radius:4px;margin-left:.35rem}}
+input[name=reason]{{width:22rem}}
+button{{background:#2b6cb0;color:#fff;border:0;border-radius:4px;padding:.4rem .9rem;cursor:pointer}}
+.notice{{background:#c6f6d5;border:1px solid #9ae6b4;border-radius:6px;padding:.6rem 1rem}}
+ul{{margin:0;padding-left:1.2rem}} li{{margin:.2rem 0}}
+</style></head><body>
+<h1>Registered model {model}</h1>
+{notice}
+{champion}
+<section class="card"><h2>Versions</h2><table><thead><tr><th>Version</th><th>Aliases</th>
+<th>Test metrics</th><th>Data snapshot</th><th>DAG run</th><th>Decision</th><th>Registered</th>
+</tr></thead><tbody>{rows}</tbody></table></section>
+<section class="card"><h2>Roll champion back</h2>{rollback}</section>
+<section class="card"><h2>Promotion history</h2><ul id="history">{history}</ul></section>
+</body></html>"""

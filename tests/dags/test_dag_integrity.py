@@ -93,6 +93,12 @@ def test_params_form_schema(fresh_runtime_settings) -> None:
     assert schema["learning_rate"]["type"] == ["null", "number"]
     assert schema["force_promotion"]["type"] == "boolean"
     params.validate()  # the defaults are valid
+    # The trigger form marks every param whose type excludes null as required and counts an empty
+    # string as missing: such a default would keep the Trigger button disabled.
+    for key in expected:
+        types = schema[key].get("type", [])
+        if "null" not in (types if isinstance(types, list) else [types]):
+            assert params[key] not in ("", None), f"{key}: empty default blocks the trigger form"
     bad = ParamsDict({**{k: params.get_param(k) for k in expected}})
     bad["epochs"] = 1
     with pytest.raises(Exception, match="epochs|minimum|0"):

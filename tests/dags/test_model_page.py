@@ -61,9 +61,13 @@ def test_the_page_needs_an_airflow_login(registry: MlflowClient) -> None:
 def test_the_page_shows_versions_champion_and_lineage(registry: MlflowClient, signed_in) -> None:
     page = signed_in.get("/")
     assert page.status_code == 200
-    assert "Champion: <strong id='champion'>v1</strong>" in page.text
-    assert "/dags/lepton_training/runs/scheduled__2026-01-02" in page.text
+    assert '<strong id="champion">v1</strong>' in page.text
+    # DAG runs open in Airflow's UI itself, not inside the page's iframe.
+    assert 'target="_top" href="/dags/lepton_training/runs/scheduled__2026-01-02"' in page.text
     assert "accuracy 0.9800" in page.text and "snap2 (1797 examples)" in page.text
+    # The rollback form offers the other versions, not the champion itself.
+    assert '<option value="2">v2: accuracy 0.9800</option>' in page.text
+    assert '<option value="1">' not in page.text
     data = signed_in.get("/api/model").json()
     assert [v["version"] for v in data["versions"]] == ["2", "1"]
     assert data["versions"][1]["aliases"] == ["champion"]
@@ -76,11 +80,18 @@ def test_rollback_moves_the_champion_and_records_who_and_why(
         "/rollback", data={"version": "2", "reason": "v1 misreads 7s"}, follow_redirects=False
     )
     assert done.status_code == 303
+    assert done.headers["location"].startswith("/lepton/?model_name=lepton-digits")
+    assert (
+        'id="notice">Champion is now v2 (was v1).'
+        in signed_in.get(done.headers["location"].removeprefix("/lepton")).text
+    )
     assert str(registry.get_model_version_by_alias("lepton-digits", "champion").version) == "2"
     history = json.loads(
         registry.get_registered_model("lepton-digits").tags["lepton.promotion_history"]
     )
     assert history[-1]["by"] == "ana" and history[-1]["reason"] == "rollback: v1 misreads 7s"
-    assert "Champion: <strong id='champion'>v2</strong>" in signed_in.get("/").text
+    page = signed_in.get("/").text
+    assert '<strong id="champion">v2</strong>' in page
+    assert "(was v1) by ana: rollback: v1 misreads 7s" in page
     bad = signed_in.post("/rollback", data={"version": "9", "reason": "typo"})
     assert bad.status_code == 400 and "no version 9" in bad.json()["detail"]

@@ -23,6 +23,8 @@ def chain(run_dir: Path, *train_args: str) -> list[dict]:
     ]:
         done = run_cli(step, "--run-dir", str(run_dir), *extra)
         assert done.code == 0, f"{step} failed: {done.stderr[-2000:]}"
+        # Not a terminal: one log line per epoch, no progress bars or carriage returns.
+        assert "\r" not in done.stderr and "━" not in done.stderr, done.stderr[-2000:]
         results.append(done.result)
         saved = run_dir / step / "result.json"
         assert saved.is_file(), f"{step} left no result.json"
