@@ -196,6 +196,10 @@ def follow_link_to_mlflow(j: Journey, run_id: str) -> None:
     j.driver.switch_to.window(next(h for h in j.driver.window_handles if h != airflow_tab))
     j.wait(lambda _: "val_accuracy" in j.body_text(), 90, "the run's metrics in MLflow")
     page = j.body_text()
+    metrics = j.driver.find_element(
+        By.XPATH, "(//*[starts-with(normalize-space(text()), 'Metrics (')])[last()]"
+    )
+    j.driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", metrics)
     j.shot("mlflow-train-run")
     assert re.search(r"Metrics \(\d+\)", page), page[:2000]
     for metric in ("accuracy", "loss", "val_loss", "best_val_accuracy", "images_per_second"):
