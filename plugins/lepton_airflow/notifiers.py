@@ -32,6 +32,22 @@ def failure_reason(exception: BaseException | None) -> str:
     return re.sub(r"\s*\[exit \d+\]$", "", text)
 
 
+def pipeline_run_url(ti: Any) -> str:
+    """This DAG run's MLflow pipeline run, else MLflow's front page (pipeline_start may be the
+    step that failed)."""
+    from lepton_airflow.links import PIPELINE_TASK, mlflow_run_url
+
+    try:
+        run_id = ti.xcom_pull(task_ids=PIPELINE_TASK, key="mlflow_run_id")
+        experiment_id = ti.xcom_pull(task_ids=PIPELINE_TASK, key="mlflow_experiment_id")
+    except Exception:  # an alert must go out even when XCom cannot be read
+        log.warning("could not read the pipeline run for the alert", exc_info=True)
+        run_id = experiment_id = None
+    if run_id and experiment_id:
+        return mlflow_run_url(experiment_id, run_id)
+    return runtime_settings().mlflow_ui_url
+
+
 class WebhookFailureNotifier(BaseNotifier):
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         super().__init__()
@@ -41,15 +57,18 @@ class WebhookFailureNotifier(BaseNotifier):
     def payload(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
         reason = failure_reason(context.get("exception"))
-        settings = runtime_settings()
+        links = {"airflow_log": ti.log_url, "mlflow_run": pipeline_run_url(ti)}
         return {
-            "text": f"Lepton: {ti.dag_id} step {ti.task_id} failed: {reason}",
+            "text": (
+                f"Lepton: {ti.dag_id} step {ti.task_id} failed: {reason}\n"
+                f"Log: {links['airflow_log']}\nMLflow: {links['mlflow_run']}"
+            ),
             "dag_id": ti.dag_id,
             "run_id": ti.run_id,
             "step": ti.task_id,
             "try_number": ti.try_number,
             "reason": reason,
-            "links": {"mlflow": settings.mlflow_ui_url},
+            "links": links,
         }
 
     def notify(self, context: Any) -> None:

@@ -12,6 +12,7 @@ import threading
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import mlflow
 import pytest
@@ -178,3 +179,12 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
     assert alert["step"] == "validate" and alert["run_id"] == third.run_id
     assert alert["reason"].startswith("lepton-tasks validate: DataValidationError")
     assert "validate failed" in alert["text"]
+    # Where to look: the task's log in Airflow and this run's pipeline run in MLflow.
+    assert alert["links"]["airflow_log"].endswith(
+        f"/dags/lepton_training/runs/{quote(third.run_id)}/tasks/validate?try_number=1"
+    )
+    assert alert["links"]["mlflow_run"] == (
+        f"http://mlflow.example:5000/#/experiments/{pipeline.info.experiment_id}/runs/"
+        f"{ended['mlflow_run_id']}"
+    )
+    assert alert["links"]["airflow_log"] in alert["text"]
