@@ -106,9 +106,8 @@ def _metrics(version: VersionInfo) -> str:
 def _dag_run_link(version: VersionInfo) -> str:
     if not (version.dag_id and version.dag_run_id):
         return '<span class="muted">outside Airflow</span>'
-    # target=_top: the page is shown in an iframe of Airflow's UI; the run opens in the UI itself.
     return (
-        f'<a target="_top" href="/dags/{e(version.dag_id)}/runs/{e(version.dag_run_id)}">'
+        f'<a data-open="top" href="/dags/{e(version.dag_id)}/runs/{e(version.dag_run_id)}">'
         f"{e(version.dag_run_id)}</a>"
     )
 
@@ -130,7 +129,7 @@ def _version_row(version: VersionInfo, model_name: str, mlflow: str) -> str:
     badges = "".join(f'<span class="badge {e(a)}">{e(a)}</span>' for a in version.aliases)
     return (
         f'<tr id="version-{e(version.version)}">'
-        f'<td><a target="_blank" rel="noopener" '
+        f'<td><a data-open="new" target="_blank" rel="noopener" '
         f'href="{e(mlflow)}/#/models/{e(model_name)}/versions/{e(version.version)}">'
         f"v{e(version.version)}</a></td><td>{badges}</td><td>{e(_metrics(version))}</td>"
         f"<td>{e(version.snapshot_id)} ({e(version.snapshot_count or '?')} examples)</td>"
@@ -195,4 +194,20 @@ ul{{margin:0;padding-left:1.2rem}} li{{margin:.2rem 0}}
 </tr></thead><tbody>{rows}</tbody></table></section>
 <section class="card"><h2>Roll champion back</h2>{rollback}</section>
 <section class="card"><h2>Promotion history</h2><ul id="history">{history}</ul></section>
+<script>
+// Airflow shows this page in an iframe sandboxed without allow-popups or allow-top-navigation,
+// so target=_blank and _top links do nothing there. The frame is same-origin: a link is
+// followed by a twin anchor in Airflow's own document, which may open tabs and navigate.
+document.addEventListener("click", function (event) {{
+  var link = event.target.closest("a[data-open]");
+  if (!link || window.top === window) return;
+  event.preventDefault();
+  var twin = window.top.document.createElement("a");
+  twin.href = link.href;
+  if (link.dataset.open === "new") {{ twin.target = "_blank"; twin.rel = "noopener"; }}
+  window.top.document.body.appendChild(twin);
+  twin.click();
+  twin.remove();
+}});
+</script>
 </body></html>"""

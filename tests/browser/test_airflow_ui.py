@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
+from selenium.common.exceptions import (
+    ElementClickInterceptedException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -31,10 +35,16 @@ EPOCHS = "12"  # not the default (empty: sized to the data)
 FORCE_REASON = "browser test: promote from the trigger form"
 ROLLBACK_REASON = "browser test: back to the CLI-trained model"
 RUN_TIMEOUT = 900  # one run of the DAG takes about 100 s on two cores
+LEPTON_FRAME = "iframe[src*='/lepton/']"
 
 
 class Journey:
-    """The browser plus the habits of a careful user: wait for what you expect, then look."""
+    """The browser plus the habits of a careful user: wait for what you expect, then look.
+
+    Airflow's and MLflow's pages are React apps that re-render while they poll, so an element
+    found a moment ago may be gone: every read and action goes by locator and is retried until
+    it lands, instead of holding on to elements.
+    """
 
     def __init__(self, driver: WebDriver, stack: Stack, shots: Path) -> None:
         self.driver = driver
@@ -46,24 +56,43 @@ class Journey:
         self, condition: Callable[[WebDriver], Any], timeout: float = 30, what: str = ""
     ) -> Any:
         return WebDriverWait(
-            self.driver, timeout, ignored_exceptions=(StaleElementReferenceException,)
+            self.driver,
+            timeout,
+            ignored_exceptions=(StaleElementReferenceException, ElementClickInterceptedException),
         ).until(condition, message=what)
 
     def find(self, by: str, value: str, timeout: float = 30) -> WebElement:
         return self.wait(ec.visibility_of_element_located((by, value)), timeout, f"{by}={value}")
 
-    def click(self, by: str, value: str, timeout: float = 30) -> None:
-        element = self.wait(ec.element_to_be_clickable((by, value)), timeout, f"click {value}")
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-        element.click()
+    def text(self, by: str, value: str, timeout: float = 30) -> str:
+        return self.wait(lambda d: d.find_element(by, value).text or False, timeout, value)
 
-    def type_into(self, element: WebElement, text: str) -> None:
+    def attribute(self, by: str, value: str, name: str, timeout: float = 30) -> str:
+        return self.wait(lambda d: d.find_element(by, value).get_attribute(name), timeout, value)
+
+    def click(self, by: str, value: str, timeout: float = 30) -> None:
+        def attempt(driver: WebDriver) -> bool:
+            element = driver.find_element(by, value)
+            if not (element.is_displayed() and element.is_enabled()):
+                return False
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+            element.click()
+            return True
+
+        self.wait(attempt, timeout, f"click {value}")
+
+    def type_into(self, by: str, value: str, text: str) -> None:
         """Replace a React-controlled input's value the way a user does: select all, type."""
-        self.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
-        element.send_keys(Keys.CONTROL, "a")
-        element.send_keys(Keys.DELETE)
-        element.send_keys(text)
-        self.wait(lambda _: element.get_attribute("value") == text, 10, f"typed {text!r}")
+
+        def attempt(driver: WebDriver) -> bool:
+            element = driver.find_element(by, value)
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", element)
+            element.send_keys(Keys.CONTROL, "a")
+            element.send_keys(Keys.DELETE)
+            element.send_keys(text)
+            return element.get_attribute("value") == text
+
+        self.wait(attempt, 20, f"type {text!r} into {value}")
 
     def body_text(self) -> str:
         return self.driver.find_element(By.TAG_NAME, "body").text
@@ -93,8 +122,8 @@ def test_trigger_follow_to_mlflow_and_roll_back(journey: Journey, admin: tuple[s
 def log_in(j: Journey, user: str, password: str) -> None:
     j.driver.get(j.stack.airflow_url + "/")
     j.wait(ec.url_contains("/auth/login"), what="redirect to the login page")
-    j.find(By.NAME, "username").send_keys(user)
-    j.find(By.NAME, "password").send_keys(password)
+    j.type_into(By.NAME, "username", user)
+    j.type_into(By.NAME, "password", password)
     j.shot("login")
     j.click(By.CSS_SELECTOR, "button[type=submit]")
     j.wait(lambda d: "/auth/login" not in d.current_url, what="leave the login page")
@@ -123,21 +152,28 @@ def open_dag(j: Journey) -> None:
 def trigger_with_params(j: Journey) -> str:
     j.click(By.CSS_SELECTOR, "button[aria-label='Trigger Dag']")
     # The form is built from the DAG's Params: one field per param, with its title and default.
-    source = j.find(By.ID, "element_source")
-    assert source.get_attribute("value").endswith("/landing"), "default source: the landing zone"
-    j.type_into(source, "sklearn:digits")
-    j.type_into(j.find(By.NAME, "element_epochs"), EPOCHS)
-    switch = j.find(By.ID, "switch:element_force_promotion")
-    j.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", switch)
-    switch.click()
-    j.wait(lambda _: switch.get_attribute("data-state") == "checked", 10, "force promotion on")
-    j.type_into(j.find(By.ID, "element_force_reason"), FORCE_REASON)
-    dialog = j.find(By.CSS_SELECTOR, ".chakra-dialog__content")
-    trigger = dialog.find_element(By.XPATH, ".//button[normalize-space()='Trigger']")
-    j.driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", trigger)
-    j.wait(lambda _: trigger.is_enabled(), 10, "the form is valid: Trigger enabled")
+    default_source = j.attribute(By.ID, "element_source", "value")
+    assert default_source.endswith("/landing"), "default source: the landing zone"
+    j.type_into(By.ID, "element_source", "sklearn:digits")
+    j.type_into(By.NAME, "element_epochs", EPOCHS)
+    switch = (By.ID, "switch:element_force_promotion")
+    j.click(*switch)
+    j.wait(
+        lambda d: d.find_element(*switch).get_attribute("data-state") == "checked",
+        10,
+        "force promotion on",
+    )
+    j.type_into(By.ID, "element_force_reason", FORCE_REASON)
+    trigger = (
+        By.XPATH,
+        "//*[contains(@class, 'chakra-dialog__content')]//button[normalize-space()='Trigger']",
+    )
+    j.wait(lambda d: d.find_element(*trigger).is_enabled(), 10, "the form is valid")
+    j.driver.execute_script(
+        "arguments[0].scrollIntoView({block: 'center'})", j.driver.find_element(*trigger)
+    )
     j.shot("trigger-form")
-    trigger.click()
+    j.click(*trigger)
     j.wait(ec.url_contains(f"/dags/{DAG_ID}/runs/manual__"), what="the new run's page")
     run_id = j.driver.current_url.rsplit("/runs/", 1)[1].split("/")[0]
     j.shot("run-queued")
@@ -145,7 +181,7 @@ def trigger_with_params(j: Journey) -> str:
 
 
 def run_state(j: Journey) -> str:
-    return j.find(By.CSS_SELECTOR, "[data-testid=state-badge]").text.strip().lower()
+    return j.text(By.CSS_SELECTOR, "[data-testid=state-badge]").strip().lower()
 
 
 def wait_for_success(j: Journey, run_id: str) -> None:
@@ -187,19 +223,22 @@ def check_task_log(j: Journey, run_id: str) -> None:
 def follow_link_to_mlflow(j: Journey, run_id: str) -> None:
     """Details tab -> "MLflow run" (a new tab) -> the train run's metrics and params."""
     open_task(j, run_id, "train", "/details")
-    link = j.find(By.LINK_TEXT, "MLflow run")
-    assert link.get_attribute("href").startswith(j.stack.mlflow_url + "/#/experiments/")
+    href = j.attribute(By.LINK_TEXT, "MLflow run", "href")
+    assert href.startswith(j.stack.mlflow_url + "/#/experiments/"), href
     j.shot("train-details-extra-link")
     airflow_tab = j.driver.current_window_handle
-    link.click()
+    j.click(By.LINK_TEXT, "MLflow run")
     j.wait(lambda d: len(d.window_handles) == 2, 10, "MLflow opens in a new tab")
     j.driver.switch_to.window(next(h for h in j.driver.window_handles if h != airflow_tab))
     j.wait(lambda _: "val_accuracy" in j.body_text(), 90, "the run's metrics in MLflow")
     page = j.body_text()
-    metrics = j.driver.find_element(
-        By.XPATH, "(//*[starts-with(normalize-space(text()), 'Metrics (')])[last()]"
+    metrics = (By.XPATH, "(//*[starts-with(normalize-space(text()), 'Metrics (')])[last()]")
+    j.wait(
+        lambda d: d.execute_script(
+            "arguments[0].scrollIntoView({block: 'start'}); return true", d.find_element(*metrics)
+        ),
+        what="scroll to the metrics",
     )
-    j.driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", metrics)
     j.shot("mlflow-train-run")
     assert re.search(r"Metrics \(\d+\)", page), page[:2000]
     for metric in ("accuracy", "loss", "val_loss", "best_val_accuracy", "images_per_second"):
@@ -210,37 +249,66 @@ def follow_link_to_mlflow(j: Journey, run_id: str) -> None:
     j.driver.close()
     j.driver.switch_to.window(airflow_tab)
 
+    # register links to the model version it registered.
+    open_task(j, run_id, "register", "/details")
+    version_link = j.attribute(By.LINK_TEXT, "MLflow model version", "href")
+    assert version_link == f"{j.stack.mlflow_url}/#/models/lepton-digits/versions/2"
+
 
 def roll_back_on_lepton_page(j: Journey, run_id: str) -> None:
     """Browse -> Lepton models: the forced v2 is champion; roll back to v1, see it change."""
     j.driver.get(j.stack.airflow_url + "/")
     j.click(By.CSS_SELECTOR, "button[aria-label='Browse']")
     j.click(By.LINK_TEXT, "Lepton models")
-    frame = j.find(By.CSS_SELECTOR, "iframe[src*='/lepton/']")
-    j.driver.switch_to.frame(frame)
-    j.wait(lambda _: j.find(By.ID, "champion").text == "v2", 30, "champion v2 on the page")
-    row = j.find(By.ID, "version-2").text
+
+    def enter_page() -> None:  # the page lives in an iframe of Airflow's UI
+        j.driver.switch_to.default_content()
+        j.driver.switch_to.frame(j.find(By.CSS_SELECTOR, LEPTON_FRAME))
+
+    def shot(name: str) -> None:  # screenshots show the whole window, Airflow's menu included
+        j.driver.switch_to.default_content()
+        j.shot(name)
+        enter_page()
+
+    enter_page()
+    j.wait(lambda d: d.find_element(By.ID, "champion").text == "v2", 30, "champion v2")
+    row = j.text(By.ID, "version-2")
     assert run_id in row and "forced: " + FORCE_REASON in row, row
-    assert "outside Airflow" in j.find(By.ID, "version-1").text  # v1 came from the CLI
-    j.driver.switch_to.default_content()
-    j.shot("lepton-page-champion-v2")
-    j.driver.switch_to.frame(frame)
+    assert "outside Airflow" in j.text(By.ID, "version-1")  # v1 came from the CLI
+    shot("lepton-page-champion-v2")
 
-    form = j.find(By.ID, "rollback")
-    form.find_element(By.CSS_SELECTOR, "select[name=version] option[value='1']").click()
-    form.find_element(By.NAME, "reason").send_keys(ROLLBACK_REASON)
-    j.driver.switch_to.default_content()
-    j.shot("lepton-page-rollback-form")
-    j.driver.switch_to.frame(frame)
-    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    j.click(By.CSS_SELECTOR, "#rollback select[name=version] option[value='1']")
+    j.type_into(By.CSS_SELECTOR, "#rollback input[name=reason]", ROLLBACK_REASON)
+    shot("lepton-page-rollback-form")
+    j.click(By.CSS_SELECTOR, "#rollback button[type=submit]")
 
-    j.wait(lambda _: j.find(By.ID, "champion").text == "v1", 30, "champion v1 after rollback")
-    assert j.find(By.ID, "notice").text == "Champion is now v1 (was v2)."
-    history = j.find(By.ID, "history").text
+    j.wait(lambda d: d.find_element(By.ID, "champion").text == "v1", 30, "champion v1")
+    assert j.text(By.ID, "notice") == "Champion is now v1 (was v2)."
+    history = j.text(By.ID, "history")
     assert history.splitlines()[0].endswith(f"v1 (was v2) by admin: rollback: {ROLLBACK_REASON}")
-    j.driver.switch_to.default_content()
-    j.shot("lepton-page-champion-v1")
+    shot("lepton-page-champion-v1")
     assert_registry_champion(j.stack, "1", ROLLBACK_REASON)
+
+    # Links out of Airflow's sandboxed frame: MLflow's model version opens in a new tab...
+    airflow_tab = j.driver.current_window_handle
+    j.click(By.CSS_SELECTOR, "#version-2 a[data-open='new']")
+    j.wait(lambda d: len(d.window_handles) == 2, 10, "MLflow opens in a new tab")
+    j.driver.switch_to.window(next(h for h in j.driver.window_handles if h != airflow_tab))
+    j.wait(ec.url_contains("/#/models/lepton-digits/versions/2"), what="the model version")
+    j.wait(lambda _: "Version 2" in j.body_text(), 60, "MLflow's model version page")
+    j.shot("mlflow-model-version-2")
+    j.driver.close()
+    j.driver.switch_to.window(airflow_tab)
+    # ...and a version's DAG run opens in Airflow itself, not inside the frame.
+    enter_page()
+    href = j.attribute(By.CSS_SELECTOR, "#version-2 a[data-open='top']", "href")
+    assert href.endswith(f"/dags/{DAG_ID}/runs/{run_id}"), href
+    j.click(By.CSS_SELECTOR, "#version-2 a[data-open='top']")
+    j.driver.switch_to.default_content()
+    j.wait(ec.url_contains(f"/dags/{DAG_ID}/runs/{run_id}"), what="the DAG run in Airflow")
+    assert not j.driver.find_elements(By.CSS_SELECTOR, LEPTON_FRAME)
+    j.find(By.CSS_SELECTOR, "[data-testid=state-badge]")
+    j.shot("dag-run-from-lepton-page")
 
 
 def assert_registry_champion(stack: Stack, version: str, reason: str) -> None:

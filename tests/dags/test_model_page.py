@@ -62,8 +62,9 @@ def test_the_page_shows_versions_champion_and_lineage(registry: MlflowClient, si
     page = signed_in.get("/")
     assert page.status_code == 200
     assert '<strong id="champion">v1</strong>' in page.text
-    # DAG runs open in Airflow's UI itself, not inside the page's iframe.
-    assert 'target="_top" href="/dags/lepton_training/runs/scheduled__2026-01-02"' in page.text
+    # In Airflow's iframe, DAG runs open in Airflow's UI itself and MLflow in a new tab.
+    assert 'data-open="top" href="/dags/lepton_training/runs/scheduled__2026-01-02"' in page.text
+    assert 'data-open="new" target="_blank"' in page.text and "window.top.document" in page.text
     assert "accuracy 0.9800" in page.text and "snap2 (1797 examples)" in page.text
     # The rollback form offers the other versions, not the champion itself.
     assert '<option value="2">v2: accuracy 0.9800</option>' in page.text
