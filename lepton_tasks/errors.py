@@ -12,7 +12,6 @@ class LeptonError(Exception):
     """Base class: a failure the user can act on."""
 
     exit_code = 1
-    kind = "error"
 
     def __init__(self, message: str, *, where: str | None = None) -> None:
         super().__init__(message)
@@ -84,7 +83,6 @@ class NothingToIngestError(LeptonError):
     """The landing zone holds no batch yet: nothing to train on. A skip, not a failure."""
 
     exit_code = 10
-    kind = "skip"
 
 
 EXIT_CODES: dict[str, int] = {

@@ -163,6 +163,9 @@ class VersionInfo(BaseModel):
     decision: str | None = None
     created_at: str
 
+    def metrics_text(self) -> str:
+        return ", ".join(f"{k} {val:.4f}" for k, val in sorted(self.metrics.items()))
+
 
 class ModelInfo(StepResult):
     step: Literal["model-info"] = "model-info"
@@ -174,7 +177,7 @@ class ModelInfo(StepResult):
     def summary(self) -> str:
         lines = [f"Registered model '{self.model_name}' ({self.tracking_uri})"]
         for v in self.versions:
-            metrics = ", ".join(f"{k} {val:.4f}" for k, val in sorted(v.metrics.items()))
+            metrics = v.metrics_text()
             aliases = f" [{', '.join(v.aliases)}]" if v.aliases else ""
             lines.append(
                 f"  v{v.version}{aliases}: {metrics}; {v.architecture}, snapshot {v.snapshot_id} "

@@ -13,7 +13,7 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.providers.docker.operators.docker import DockerOperator
 
 from lepton_airflow.links import STEP_LINKS
-from lepton_airflow.operators import drop_empty_options, parse_result
+from lepton_airflow.operators import SKIP_EXIT_CODE, drop_empty_options, parse_result
 
 
 class LeptonDockerOperator(DockerOperator):
@@ -22,6 +22,7 @@ class LeptonDockerOperator(DockerOperator):
     operator_extra_links = STEP_LINKS
 
     def __init__(self, *, step: str, **kwargs: Any) -> None:
+        kwargs.setdefault("skip_on_exit_code", SKIP_EXIT_CODE)  # nothing landed: skip the night
         super().__init__(**kwargs)
         self.step = step
 
@@ -39,6 +40,7 @@ class LeptonPodOperator(KubernetesPodOperator):
     operator_extra_links = STEP_LINKS
 
     def __init__(self, *, step: str, **kwargs: Any) -> None:
+        kwargs.setdefault("skip_on_exit_code", SKIP_EXIT_CODE)  # nothing landed: skip the night
         super().__init__(**kwargs)
         self.step = step
 

@@ -26,6 +26,12 @@ def mlflow_run_url(experiment_id: str, run_id: str) -> str:
     return f"{runtime_settings().mlflow_ui_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
 
 
+def mlflow_model_version_url(model_name: str, version: str) -> str:
+    return (
+        f"{runtime_settings().mlflow_ui_url.rstrip('/')}/#/models/{model_name}/versions/{version}"
+    )
+
+
 class MlflowRunLink(BaseOperatorLink):
     """The step's own MLflow run (train, evaluate), else the pipeline run it belongs to."""
 
@@ -47,10 +53,7 @@ class MlflowModelVersionLink(BaseOperatorLink):
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         name, version = _value(ti_key, "model_name"), _value(ti_key, "version")
-        if not (name and version):
-            return ""
-        base = runtime_settings().mlflow_ui_url.rstrip("/")
-        return f"{base}/#/models/{name}/versions/{version}"
+        return mlflow_model_version_url(name, version) if name and version else ""
 
 
 STEP_LINKS = (MlflowRunLink(), MlflowModelVersionLink())

@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, Form, HTTPException
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from lepton_airflow.config import runtime_settings
+from lepton_airflow.links import mlflow_model_version_url
 
 if TYPE_CHECKING:
     from lepton_tasks.results import ModelInfo, VersionInfo
@@ -78,7 +78,6 @@ def page(
     user: Any = User,
 ) -> str:
     info = _info(model_name)
-    mlflow = runtime_settings().mlflow_ui_url.rstrip("/")
     champion = next((v for v in info.versions if "champion" in v.aliases), None)
     notice = ""
     if rolled_back_to:
@@ -88,7 +87,7 @@ def page(
         model=e(info.model_name),
         notice=notice,
         champion=_champion_card(champion, info.tracking_uri),
-        rows="".join(_version_row(v, info.model_name, mlflow) for v in info.versions),
+        rows="".join(_version_row(v, info.model_name) for v in info.versions),
         rollback=_rollback_form(info, champion, user.get_name()),
         history="".join(_history_item(h) for h in reversed(info.promotion_history))
         or "<li>No promotions yet.</li>",
@@ -97,10 +96,6 @@ def page(
 
 def e(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
-
-
-def _metrics(version: VersionInfo) -> str:
-    return ", ".join(f"{k} {val:.4f}" for k, val in sorted(version.metrics.items()))
 
 
 def _dag_run_link(version: VersionInfo) -> str:
@@ -118,20 +113,20 @@ def _champion_card(champion: VersionInfo | None, tracking_uri: str) -> str:
     return (
         '<section class="card champion"><h2>Champion: '
         f'<strong id="champion">v{e(champion.version)}</strong></h2>'
-        f"<p>{e(_metrics(champion))}</p>"
+        f"<p>{e(champion.metrics_text())}</p>"
         f"<p>Data snapshot {e(champion.snapshot_id)} ({e(champion.snapshot_count)} examples), "
         f"{e(champion.architecture)}; DAG run {_dag_run_link(champion)}</p>"
         f'<p class="muted">MLflow tracking: {e(tracking_uri)}</p></section>'
     )
 
 
-def _version_row(version: VersionInfo, model_name: str, mlflow: str) -> str:
+def _version_row(version: VersionInfo, model_name: str) -> str:
     badges = "".join(f'<span class="badge {e(a)}">{e(a)}</span>' for a in version.aliases)
     return (
         f'<tr id="version-{e(version.version)}">'
         f'<td><a data-open="new" target="_blank" rel="noopener" '
-        f'href="{e(mlflow)}/#/models/{e(model_name)}/versions/{e(version.version)}">'
-        f"v{e(version.version)}</a></td><td>{badges}</td><td>{e(_metrics(version))}</td>"
+        f'href="{e(mlflow_model_version_url(model_name, version.version))}">'
+        f"v{e(version.version)}</a></td><td>{badges}</td><td>{e(version.metrics_text())}</td>"
         f"<td>{e(version.snapshot_id)} ({e(version.snapshot_count or '?')} examples)</td>"
         f"<td>{_dag_run_link(version)}</td><td>{e(version.decision)}</td>"
         f"<td>{e(version.created_at)}</td></tr>"
@@ -143,7 +138,8 @@ def _rollback_form(info: ModelInfo, champion: VersionInfo | None, user_name: str
     if not others:
         return '<p class="muted">Only one version: nothing to roll back to.</p>'
     options = "".join(
-        f'<option value="{e(v.version)}">v{e(v.version)}: {e(_metrics(v))}</option>' for v in others
+        f'<option value="{e(v.version)}">v{e(v.version)}: {e(v.metrics_text())}</option>'
+        for v in others
     )
     return (
         '<form method="post" action="/lepton/rollback" id="rollback">'

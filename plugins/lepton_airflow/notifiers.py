@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk import BaseNotifier
 
 from lepton_airflow.config import runtime_settings
+from lepton_airflow.links import PIPELINE_TASK, mlflow_run_url
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,6 @@ def failure_reason(exception: BaseException | None) -> str:
 def pipeline_run_url(ti: Any) -> str:
     """This DAG run's MLflow pipeline run, else MLflow's front page (pipeline_start may be the
     step that failed)."""
-    from lepton_airflow.links import PIPELINE_TASK, mlflow_run_url
-
     try:
         run_id = ti.xcom_pull(task_ids=PIPELINE_TASK, key="mlflow_run_id")
         experiment_id = ti.xcom_pull(task_ids=PIPELINE_TASK, key="mlflow_experiment_id")

@@ -25,7 +25,7 @@ from lepton_tasks.errors import NothingToIngestError
 # diverged training); see lepton_tasks.errors. Others (tracking down, crashes) are retried.
 NO_RETRY_EXIT_CODES = frozenset({2, 3, 4, 5, 6, 8})
 # NothingToIngestError: no batch has landed yet. The task is skipped, and so is the rest.
-SKIP_EXIT_CODE = NothingToIngestError.exit_code  # see lepton_airflow.steps
+SKIP_EXIT_CODE = NothingToIngestError.exit_code
 # The environment a process inherits besides the step's own: what any container has.
 BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER")
 

@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from lepton_airflow.config import RuntimeSettings, runtime_settings, step_environment
-from lepton_tasks.errors import NothingToIngestError
 
 GPU_STEPS = frozenset({"train"})
-SKIP_EXIT_CODE = NothingToIngestError.exit_code  # nothing landed yet: skip, do not fail
 XCOM_FILE = "/airflow/xcom/return.json"
 
 
@@ -93,7 +91,6 @@ def _docker(
         mount_tmp_dir=False,
         auto_remove="success",
         do_xcom_push=True,
-        skip_on_exit_code=SKIP_EXIT_CODE,
         **common,
     )
 
@@ -132,7 +129,6 @@ def _kubernetes(
         namespace=settings.k8s_namespace,
         image=settings.gpu_task_image if gpu else settings.task_image,
         cmds=["lepton-tasks"],
-        skip_on_exit_code=SKIP_EXIT_CODE,
         arguments=[name, *arguments],
         env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in env.items()],
         env_from=(
