@@ -46,6 +46,8 @@ def test_empty_landing_zone_fails_or_skips_as_asked(tmp_path: Path, lepton_env: 
     assert_clean_failure(done, "NothingToIngestError", f"nothing to train on ({landing})")
     error = json.loads((tmp_path / "run" / "ingest" / "error.json").read_text())
     assert error["exit_code"] == 10
+    done = run_cli("ingest", "--run-dir", run, "--source", str(landing), "--when-empty", "maybe")
+    assert_clean_failure(done, "UsageError", "--when-empty must be fail or skip, not 'maybe'")
     # A landing zone nothing has created yet is skipped too; a real source is read as always.
     never_created = str(tmp_path / "no-landing-yet")
     done = run_cli("ingest", "--run-dir", run, "--source", never_created, "--when-empty", "skip")
