@@ -203,6 +203,48 @@ def gpu_section() -> list[str]:
     return lines
 
 
+def containers_section() -> list[str]:
+    """bench/containers.json (bench/containers.py), when it has been run."""
+    source = HERE / "containers.json"
+    if not source.exists():
+        return []
+    c = json.loads(source.read_text())
+    m = c["machine"]
+    lines = [
+        "## Containers",
+        "",
+        f"Machine: {m['cpu']}; Docker Engine {m['docker']} ({m['storage_driver']}); base image "
+        f"`{m['base']}`. Date: {m['date']}. Command: `make bench-containers` "
+        f"(`python bench/containers.py`).",
+        "",
+        "Each image built from scratch (`docker build --no-cache`, packages from the index):",
+        "",
+        "| image | tag | build s | size MiB |",
+        "|---|---|---|---|",
+    ]
+    for name, image in c["images"].items():
+        lines.append(f"| {name} | `{image['image']}` | {image['build_s']} | {image['size_mib']} |")
+    lines += [
+        "",
+        f"What a container start costs a step: the same command as a local process and as a "
+        f"`lepton/task` container (read-only root, no capabilities, the data on a volume), "
+        f"interleaved, median of {c['repeats']} runs, whole command wall time.",
+        "",
+        "| step | local s | container s | difference | runs (local / container) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in c["steps"].items():
+        runs = ", ".join(
+            f"{a} / {b}" for a, b in zip(row["local_s"], row["container_s"], strict=True)
+        )
+        diff = row["container_median_s"] - row["local_median_s"]
+        lines.append(
+            f"| {name} | {row['local_median_s']} | {row['container_median_s']} | "
+            f"{diff:+.2f} | {runs} |"
+        )
+    return [*lines, ""]
+
+
 def write_report(results: dict, path: Path) -> None:
     m = results["machine"]
     lines = [
@@ -219,6 +261,7 @@ def write_report(results: dict, path: Path) -> None:
         lines += overhead_section(results["overhead"])
     if "scale" in results:
         lines += scale_section(results["scale"])
+    lines += containers_section()
     lines += gpu_section()
     path.write_text("\n".join(lines))
 

@@ -47,14 +47,29 @@ ParentRun = Annotated[
 ]
 
 
+# Chatty libraries: their start-up notices are not the step's log.
+QUIET_LOGGERS = {
+    "great_expectations": logging.WARNING,
+    "alembic": logging.WARNING,
+    "mlflow.store": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "matplotlib": logging.WARNING,
+    "absl": logging.WARNING,
+    "mlflow.utils.environment": logging.ERROR,  # "failed to resolve pip version" in venvs without pip
+    "mlflow.utils.git_utils": logging.ERROR,  # no git in the task image
+}
+
+
 def _setup_logging(debug: bool) -> None:
+    # Under an orchestrator (LEPTON_LOG_TIMESTAMPS=0) every line is already stamped by Airflow.
+    stamped = os.environ.get("LEPTON_LOG_TIMESTAMPS", "1") not in ("0", "false", "False")
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        format=("%(asctime)s " if stamped else "") + "%(levelname)s %(name)s: %(message)s",
     )
-    for noisy in ("great_expectations", "alembic", "mlflow.store", "urllib3", "matplotlib"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    for name, level in QUIET_LOGGERS.items():
+        logging.getLogger(name).setLevel(level)
 
 
 @app.callback()
@@ -63,43 +78,69 @@ def _main(
 ) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
+    # MLflow's own log handler would print a second, differently stamped format.
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     os.environ["LEPTON_DEBUG"] = "1" if debug else os.environ.get("LEPTON_DEBUG", "")
     _setup_logging(debug)
 
 
+def _write_outcome(variable: str, payload: str) -> None:
+    """Hand the outcome to the runtime through the file it named (LEPTON_RESULT_FILE or
+    LEPTON_ERROR_FILE): a temporary file, a container path, a pod's termination log."""
+    path = os.environ.get(variable)
+    if not path:
+        return
+    try:
+        storage.write_bytes(path, payload.encode())
+    except Exception:  # the runtime then reports the exit code alone
+        log.warning("could not write %s to %s", variable, path, exc_info=True)
+
+
+def _error_record(step: str, exc: BaseException) -> dict[str, object]:
+    if isinstance(exc, LeptonError):
+        name, message, where, code = type(exc).__name__, exc.message, exc.where, exc.exit_code
+        line = f"lepton-tasks {step}: {exc.one_line()}"
+    else:  # a bug: say what it was in one line; the traceback goes to the log
+        name, message, where, code = type(exc).__name__, str(exc), None, 1
+        line = f"lepton-tasks {step}: unexpected {name}: {message}".replace("\n", " ")
+    return {
+        "step": step,
+        "ok": False,
+        "error": name,
+        "message": message[:2000],
+        "where": where,
+        "exit_code": code,
+        "line": line[:1000],
+    }
+
+
 def run_step(step: str, run_dir: str | None, action: Callable[[], StepResult]) -> None:
     """Run a step's core function and turn the outcome into the CLI contract."""
     try:
         result = action()
-    except LeptonError as exc:
-        line = f"lepton-tasks {step}: {exc.one_line()}"
+    except Exception as exc:
+        error = _error_record(step, exc)
+        _write_outcome("LEPTON_ERROR_FILE", json.dumps(error))
+        if not isinstance(exc, LeptonError):
+            raise  # exit 1 with the traceback: a bug, not a foreseeable failure
         if run_dir:
-            error = {
-                "step": step,
-                "ok": False,
-                "error": type(exc).__name__,
-                "message": exc.message,
-                "where": exc.where,
-                "exit_code": exc.exit_code,
-            }
             try:
                 storage.write_json(storage.join(step_dir(run_dir, step), "error.json"), error)
             except Exception:  # the folder may be the very thing that is broken
                 log.debug("could not write error.json", exc_info=True)
         if os.environ.get("LEPTON_DEBUG"):
             log.exception("step failed")
-        print(line, file=sys.stderr, flush=True)
+        print(error["line"], file=sys.stderr, flush=True)
         raise typer.Exit(exc.exit_code) from None
     if run_dir:
         stale = storage.join(step_dir(run_dir, step), "error.json")
         if storage.exists(stale):  # an earlier failed try of this step
             storage.remove(stale)
     payload = result.to_json()
-    if result_file := os.environ.get("LEPTON_RESULT_FILE"):
-        # Kubernetes pods hand their XCom over in /airflow/xcom/return.json
-        storage.write_bytes(result_file, payload.encode())
+    _write_outcome("LEPTON_RESULT_FILE", payload)
     sys.stderr.flush()
     print(payload, flush=True)
 

@@ -83,6 +83,12 @@ def tracking_errors(action: str) -> Iterator[None]:
         yield
     except MlflowException as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "error code 401" in text or "error code 403" in text:
+            raise TrackingUnavailableError(
+                f"{action}: MLflow refused the signed-in user (check MLFLOW_TRACKING_USERNAME "
+                f"and its permissions): {text}",
+                where=tracking_uri(),
+            ) from exc
         if any(
             word in text.lower()
             for word in ("connection", "max retries", "unable to", "operationalerror", "timed out")

@@ -41,8 +41,12 @@ def main() -> None:
         key, value = line.split("=", 1)
         value = secret_for(key) if value == "generate" else host_value(key, value)
         lines.append(f"{key}={value}")
-    target.write_text("\n".join(lines) + "\n")
-    target.chmod(0o600)
+    # Created with mode 600: the secrets are never readable by others, not even for a moment.
+    if target.exists():
+        target.unlink()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write("\n".join(lines) + "\n")
     print(f"wrote {target} (mode 600)")
 
 

@@ -114,8 +114,7 @@ REQUIRED_ENV = [
     "LEPTON_HOME",
     "LEPTON_LANDING_URI",
     "MLFLOW_TRACKING_URI",
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
+    "AIRFLOW_CONN_LEPTON_MLFLOW",
     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
     "AIRFLOW__API_AUTH__JWT_SECRET",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
@@ -134,14 +133,53 @@ def test_airflow_components_share_the_settings_the_dag_and_steps_read(service: s
     assert env["LEPTON_TASK_IMAGE"] == doc["services"]["task"]["image"]
     assert env["LEPTON_GPU_TASK_IMAGE"] == doc["services"]["task-gpu"]["image"]
     assert "lepton-data:/opt/lepton" in compose()["services"][service]["volumes"]
+    assert compose()["services"][service]["depends_on"] is not None
 
 
 def test_mlflow_server_has_auth_postgres_and_served_artifacts() -> None:
     mlflow = compose()["services"]["mlflow"]
     command = " ".join(mlflow["command"])
     assert "--app-name=basic-auth" in command and "--serve-artifacts" in command
-    assert "postgresql+psycopg2://" in command and "--artifacts-destination=/mlartifacts" in command
-    assert "MLFLOW_AUTH_ADMIN_PASSWORD" in mlflow["environment"]
+    assert "--artifacts-destination=/mlartifacts" in command
+    env = mlflow["environment"]
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg2://")
+    # MLflow 3.17's basic-auth app exits at start without the Flask secret key
+    assert {"MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"} <= set(env)
+    assert mlflow["read_only"] is True
+
+
+def test_no_secret_on_a_command_line() -> None:
+    """Process arguments are visible to every user of the host (`ps`); secrets are not."""
+    for name, service in compose()["services"].items():
+        if name == "redis":  # redis-server takes its password only as an argument or a file
+            continue
+        command = " ".join(map(str, service.get("command") or []))
+        assert not re.search(r"PASSWORD|SECRET|_KEY", command), f"{name}: {command}"
+
+
+def test_only_the_services_that_start_containers_see_the_docker_socket() -> None:
+    with_socket = {
+        name
+        for name, service in compose()["services"].items()
+        if any("docker.sock" in str(v) for v in service.get("volumes", []))
+    }
+    assert with_socket == {"airflow-scheduler", "airflow-worker"}
+
+
+def test_steps_and_the_page_use_mlflows_plain_user_not_the_admin() -> None:
+    services = compose()["services"]
+    for name in AIRFLOW_SERVICES:
+        env = services[name]["environment"]
+        assert "MLFLOW_ADMIN_PASSWORD" not in json.dumps(env), name
+        connection = json.loads(env["AIRFLOW_CONN_LEPTON_MLFLOW"])
+        assert connection["login"] == "lepton" and connection["host"] == "mlflow"
+    page = services["airflow-apiserver"]["environment"]
+    assert page["MLFLOW_TRACKING_USERNAME"] == "lepton"
+    init = services["mlflow-init"]
+    assert init["environment"]["LEPTON_MLFLOW_USER"] == "lepton"
+    assert services["airflow-scheduler"]["depends_on"]["mlflow-init"]["condition"] == (
+        "service_completed_successfully"
+    )
 
 
 def test_every_variable_has_a_value_in_env_example_and_no_secret_is_committed() -> None:
@@ -168,6 +206,7 @@ def test_make_env_generates_random_secrets(tmp_path: Path, monkeypatch: pytest.M
     (tmp_path / ".env.example").write_text((REPO / ".env.example").read_text())
     monkeypatch.setattr(module, "ROOT", tmp_path)
     module.main()
+    assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
     first = (tmp_path / ".env").read_text()
     assert "=generate" not in first and "AIRFLOW_FERNET_KEY=" in first
     monkeypatch.setattr("sys.argv", ["make_env.py", "--force"])
@@ -261,5 +300,12 @@ def test_helm_values_render_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> No
     env = {e.name: e.value for e in container.env}
     assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow.lepton")
     assert env["LEPTON_HOME"] == "/opt/lepton"
+    assert env["LEPTON_ERROR_FILE"] == "/dev/termination-log"
+    assert env["LEPTON_RESULT_FILE"] == "/airflow/xcom/return.json"
+    security = container.security_context
+    assert security.read_only_root_filesystem and security.run_as_non_root
     assert pod.spec.node_selector["cloud.google.com/gke-accelerator"] == "nvidia-l4"
-    assert pod.spec.containers[0].env_from[0].secret_ref.name == "lepton-mlflow-credentials"
+    # Airflow 3 chart keys; the MLflow Connection from a Secret
+    assert values["apiSecretKeySecretName"] and values["jwtSecretName"]
+    assert "webserverSecretKeySecretName" not in values
+    assert "AIRFLOW_CONN_LEPTON_MLFLOW" in {s["envName"] for s in values["secret"]}

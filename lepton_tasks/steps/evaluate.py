@@ -96,11 +96,18 @@ def confusion_png(matrix: np.ndarray, class_names: list[str], title: str) -> byt
 
 
 def champion_version(model_name: str) -> Any | None:
+    """The version `champion` points at; None when the model or the alias does not exist."""
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     client = MlflowClient()
     with tracking.tracking_errors("looking up the champion"):
+        # A server with authentication answers 403, not 404, for a model that does not exist
+        # (nobody holds a permission on it): search, which any user may, says whether it does.
+        if "'" in model_name:
+            raise UsageError(f"a registered model name cannot hold a quote: {model_name!r}")
+        if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
+            return None
         try:
             return client.get_model_version_by_alias(model_name, "champion")
         except MlflowException as exc:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,7 +30,12 @@ from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
 
-HISTORY_TAG = "lepton.promotion_history"
+# One registered-model tag per promotion or rollback: MLflow keeps each tag value in a
+# VARCHAR(5000) (enforced by PostgreSQL), so a history in one tag overflows after a few dozen
+# events. Keys sort in time order. The single JSON-list tag of earlier releases is still read.
+HISTORY_TAG_PREFIX = "lepton.promotion."
+LEGACY_HISTORY_TAG = "lepton.promotion_history"
+MAX_REASON_CHARS = 1000
 
 
 def _existing_version(client: Any, model_name: str, run_id: str) -> Any | None:
@@ -38,20 +45,43 @@ def _existing_version(client: Any, model_name: str, run_id: str) -> Any | None:
 
 
 def _champion(client: Any, model_name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
+    from lepton_tasks.steps.evaluate import champion_version
 
+    return champion_version(model_name)
+
+
+def shorten(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """A free-text reason cut to fit a tag value, marked where it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def promotion_history(tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The registered model's promotions and rollbacks, oldest first, from its tags."""
+    history: list[dict[str, Any]] = json.loads(tags.get(LEGACY_HISTORY_TAG, "[]"))
+    keys = sorted(k for k in tags if k.startswith(HISTORY_TAG_PREFIX))
+    return history + [json.loads(tags[k]) for k in keys]
+
+
+def _move_champion(client: Any, model_name: str, version: str, entry: dict[str, Any]) -> None:
+    """Record the event, then move `champion`; if the move fails, the record is taken back, so
+    the history never shows a promotion that did not happen nor misses one that did."""
+    now = datetime.now(UTC)
+    entry = {
+        **entry,
+        "version": version,
+        "reason": shorten(str(entry.get("reason") or "")),
+        "at": now.isoformat(timespec="seconds"),
+    }
+    key = f"{HISTORY_TAG_PREFIX}{now:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+    client.set_registered_model_tag(model_name, key, json.dumps(entry))
     try:
-        return client.get_model_version_by_alias(model_name, "champion")
-    except MlflowException:
-        return None
-
-
-def _append_history(client: Any, model_name: str, entry: dict[str, Any]) -> None:
-    """Promotion history as a JSON tag on the registered model: small, and shown in the UI."""
-    model = client.get_registered_model(model_name)
-    history = json.loads(model.tags.get(HISTORY_TAG, "[]"))
-    history.append(entry)
-    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history[-50:]))
+        client.set_registered_model_alias(model_name, "champion", version)
+    except Exception:
+        try:
+            client.delete_registered_model_tag(model_name, key)
+        except Exception:  # the original failure is the one to report
+            log.warning("could not take back history record %s", key, exc_info=True)
+        raise
 
 
 @records_result
@@ -96,7 +126,7 @@ def register(
                 "lepton.run_dir": run_dir,
                 "lepton.architecture": trained.architecture,
                 "lepton.code_version": tracking.code_version(),
-                "lepton.decision": evaluated.decision.reason,
+                "lepton.decision": shorten(evaluated.decision.reason),
                 **{f"lepton.metric.{k}": str(v) for k, v in evaluated.metrics.items()},
             }
             version = client.create_model_version(
@@ -105,6 +135,10 @@ def register(
                 run_id=trained.mlflow_run_id,
                 tags=tags,
                 description=_description(manifest, evaluated),
+                # an MLflow server refuses a `models:/<id>` source without its model id
+                model_id=trained.mlflow_model_uri.removeprefix("models:/")
+                if trained.mlflow_model_uri.startswith("models:/")
+                else None,
             )
             already = False
         else:
@@ -118,14 +152,12 @@ def register(
         previous_number = str(previous.version) if previous else None
         promoted = evaluated.decision.promote and previous_number != number
         if promoted:
-            client.set_registered_model_alias(model_name, "champion", number)
-            _append_history(
+            _move_champion(
                 client,
                 model_name,
+                number,
                 {
-                    "version": number,
                     "previous": previous_number,
-                    "at": datetime.now(UTC).isoformat(timespec="seconds"),
                     "by": "pipeline",
                     "reason": evaluated.decision.reason,
                     "pipeline_run_id": parent_run_id,
@@ -188,14 +220,12 @@ def rollback(
         except MlflowException as exc:
             raise RegistryError(f"no version {version} of model '{model_name}'") from exc
         previous = _champion(client, model_name)
-        client.set_registered_model_alias(model_name, "champion", version)
-        _append_history(
+        _move_champion(
             client,
             model_name,
+            version,
             {
-                "version": version,
                 "previous": str(previous.version) if previous else None,
-                "at": datetime.now(UTC).isoformat(timespec="seconds"),
                 "by": who,
                 "reason": f"rollback: {reason}",
             },
@@ -253,7 +283,7 @@ def describe_model(model_name: str | None = None) -> ModelInfo:
                 ),
             )
         )
-    history = json.loads(model.tags.get(HISTORY_TAG, "[]"))
+    history = promotion_history(model.tags)
     return ModelInfo(
         run_dir="",
         model_name=model_name,

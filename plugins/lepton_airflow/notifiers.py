@@ -1,8 +1,10 @@
 """Failure alerts: the failing step, its one-line reason, and where to look.
 
-`LEPTON_ALERT_WEBHOOK_URL` gets a JSON POST (Slack incoming webhooks accept it too: the `text`
-field is the message). Without it, nothing is sent. Email or Slack providers' own notifiers can
-be added to `on_failure_callback` the same way.
+The URL comes from the Airflow Connection `lepton_alert_webhook` (so a secrets backend can hold
+it), else `LEPTON_ALERT_WEBHOOK_URL`; it is looked up when a step fails, never at parse time.
+It gets a JSON POST (Slack incoming webhooks accept it too: the `text` field is the message).
+Without either, nothing is sent. Email or Slack providers' own notifiers can be added to
+`on_failure_callback` the same way.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from airflow.sdk import BaseNotifier
 
 from lepton_airflow.config import runtime_settings
+from lepton_airflow.connections import alert_webhook_url
 from lepton_airflow.links import PIPELINE_TASK, mlflow_run_url
 
 log = logging.getLogger(__name__)
@@ -48,10 +51,15 @@ def pipeline_run_url(ti: Any) -> str:
 
 
 class WebhookFailureNotifier(BaseNotifier):
-    def __init__(self, url: str, timeout: float = 10.0) -> None:
+    """Posts the failure to `url`, or to the URL configured when the failure happens."""
+
+    def __init__(self, url: str | None = None, timeout: float = 10.0) -> None:
         super().__init__()
         self.url = url
         self.timeout = timeout
+
+    def target(self) -> str | None:
+        return self.url or alert_webhook_url(runtime_settings().alert_webhook_url)
 
     def payload(self, context: Any) -> dict[str, Any]:
         ti = context["ti"]
@@ -71,17 +79,21 @@ class WebhookFailureNotifier(BaseNotifier):
         }
 
     def notify(self, context: Any) -> None:
+        url = self.target()
+        if not url:
+            return
         body = json.dumps(self.payload(context)).encode()
         request = urllib.request.Request(
-            self.url, data=body, headers={"Content-Type": "application/json"}, method="POST"
+            url, data=body, headers={"Content-Type": "application/json"}, method="POST"
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout):
                 pass
         except OSError as exc:  # an alert must never turn into a second failure
-            log.warning("could not deliver the failure alert to %s: %s", self.url, exc)
+            # the URL itself is a secret (a Slack webhook URL is its own credential)
+            log.warning("could not deliver the failure alert: %s", type(exc).__name__)
 
 
 def failure_callbacks() -> list[BaseNotifier]:
-    url = runtime_settings().alert_webhook_url
-    return [WebhookFailureNotifier(url)] if url else []
+    """Always attached; whether and where to post is decided when a step fails."""
+    return [WebhookFailureNotifier()]

@@ -6,28 +6,26 @@ local runtime never imports those providers.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
+from lepton_airflow.connections import mlflow_environment
 from lepton_airflow.links import STEP_LINKS
-from lepton_tasks.errors import NothingToIngestError
+from lepton_airflow.outcome import ERROR_FILE, RESULT_FILE, parse_result, raise_for_exit
 
-# Exit codes of failures a retry cannot fix (bad flags, bad data, missing upstream output,
-# diverged training); see lepton_tasks.errors. Others (tracking down, crashes) are retried.
-NO_RETRY_EXIT_CODES = frozenset({2, 3, 4, 5, 6, 8})
-# NothingToIngestError: no batch has landed yet. The task is skipped, and so is the rest.
-SKIP_EXIT_CODE = NothingToIngestError.exit_code
 # The environment a process inherits besides the step's own: what any container has.
 BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER")
+# Airflow stamps each log line; the step's own timestamp would be a second one.
+ORCHESTRATED_ENVIRONMENT = {"LEPTON_LOG_TIMESTAMPS": "0"}
 
 
 def drop_empty_options(arguments: Sequence[Any]) -> list[str]:
@@ -47,13 +45,8 @@ def drop_empty_options(arguments: Sequence[Any]) -> list[str]:
     return kept
 
 
-def parse_result(line: str | None, step: str) -> dict[str, Any]:
-    if not line:
-        raise AirflowException(f"step {step} printed no result line")
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise AirflowException(f"step {step}: last stdout line is not JSON: {line[:200]}") from exc
+def read_text(path: Path) -> str | None:
+    return path.read_text() if path.is_file() else None
 
 
 class LeptonStepOperator(BaseOperator):
@@ -91,42 +84,50 @@ class LeptonStepOperator(BaseOperator):
 
     def process_environment(self) -> dict[str, str]:
         base = {key: os.environ[key] for key in BASE_ENVIRONMENT if key in os.environ}
-        return {**base, **self.environment, **self.secret_environment}
+        return {
+            **base,
+            **self.environment,
+            **ORCHESTRATED_ENVIRONMENT,
+            **self.secret_environment,
+            **mlflow_environment(),
+        }
 
     def execute(self, context: Any) -> dict[str, Any]:
         self.log.info("running: lepton-tasks %s %s", self.step, " ".join(self.command[4:]))
+        with tempfile.TemporaryDirectory(prefix=f"lepton-{self.step}-") as outcome:
+            result_file, error_file = Path(outcome, RESULT_FILE), Path(outcome, ERROR_FILE)
+            env = {
+                **self.process_environment(),
+                "LEPTON_RESULT_FILE": str(result_file),
+                "LEPTON_ERROR_FILE": str(error_file),
+            }
+            code = self._run(env)
+            if code != 0:
+                raise_for_exit(self.step, code, read_text(error_file))
+            return parse_result(read_text(result_file), self.step)
+
+    def _run(self, env: dict[str, str]) -> int:
+        """Run the step, its log lines streamed into the task log; stdout is not needed."""
         process = subprocess.Popen(
             self.command,
-            stdout=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
-            env=self.process_environment(),
+            env=env,
             start_new_session=True,
         )
         self._process = process
-        error_lines: list[str] = []
 
         def stream_stderr() -> None:
             assert process.stderr is not None
             for line in process.stderr:
-                line = line.rstrip()
-                self.log.info("%s", line)
-                if line.startswith(f"lepton-tasks {self.step}:"):
-                    error_lines.append(line)
+                self.log.info("%s", line.rstrip())
 
         streamer = threading.Thread(target=stream_stderr, daemon=True)
         streamer.start()
-        stdout = process.stdout.read() if process.stdout else ""
         code = process.wait()
         streamer.join()
-        if code != 0:
-            reason = error_lines[-1] if error_lines else f"exit code {code}"
-            if code == SKIP_EXIT_CODE:
-                raise AirflowSkipException(reason)
-            failure = AirflowFailException if code in NO_RETRY_EXIT_CODES else AirflowException
-            raise failure(f"{reason} [exit {code}]")
-        lines = [line for line in stdout.splitlines() if line.strip()]
-        return parse_result(lines[-1] if lines else None, self.step)
+        return code
 
     def on_kill(self) -> None:
         if self._process and self._process.poll() is None:

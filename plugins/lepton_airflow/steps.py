@@ -10,9 +10,10 @@ from __future__ import annotations
 from typing import Any
 
 from lepton_airflow.config import RuntimeSettings, runtime_settings, step_environment
+from lepton_airflow.operators import ORCHESTRATED_ENVIRONMENT
+from lepton_airflow.outcome import ERROR_FILE, RESULT_FILE
 
 GPU_STEPS = frozenset({"train"})
-XCOM_FILE = "/airflow/xcom/return.json"
 
 
 def command_arguments(options: dict[str, Any]) -> list[Any]:
@@ -71,25 +72,34 @@ def _docker(
 ) -> Any:
     from docker.types import DeviceRequest, Mount
 
-    from lepton_airflow.container_operators import LeptonDockerOperator
+    from lepton_airflow.container_operators import DOCKER_OUTCOME_DIR, LeptonDockerOperator
 
     gpu = _uses_gpu(name, settings)
     return LeptonDockerOperator(
         step=name,
         image=settings.gpu_task_image if gpu else settings.task_image,
         command=[name, *arguments],
-        environment={**environment, "LEPTON_HOME": settings.docker_data_path},
+        environment={
+            **environment,
+            **ORCHESTRATED_ENVIRONMENT,
+            "LEPTON_HOME": settings.docker_data_path,
+            "LEPTON_RESULT_FILE": f"{DOCKER_OUTCOME_DIR}/{RESULT_FILE}",
+            "LEPTON_ERROR_FILE": f"{DOCKER_OUTCOME_DIR}/{ERROR_FILE}",
+        },
         private_environment=secrets,
         docker_url=settings.docker_url,
         network_mode=settings.docker_network,
+        # The root filesystem is read-only: the data volume, a tmpfs for library caches, and
+        # an anonymous volume for the outcome files are the only places the step can write.
         mounts=[
-            Mount(target=settings.docker_data_path, source=settings.docker_volume, type="volume")
+            Mount(target=settings.docker_data_path, source=settings.docker_volume, type="volume"),
+            Mount(target="/tmp", source=None, type="tmpfs"),
+            Mount(target=DOCKER_OUTCOME_DIR, source=None, type="volume"),
         ],
         device_requests=(
             [DeviceRequest(count=settings.train_gpus, capabilities=[["gpu"]])] if gpu else None
         ),
         mount_tmp_dir=False,
-        auto_remove="success",
         do_xcom_push=True,
         **common,
     )
@@ -104,21 +114,33 @@ def _kubernetes(
 ) -> Any:
     from kubernetes.client import models as k8s
 
-    from lepton_airflow.container_operators import LeptonPodOperator
+    from lepton_airflow.container_operators import (
+        POD_ERROR_FILE,
+        POD_RESULT_FILE,
+        LeptonPodOperator,
+    )
 
     gpu = _uses_gpu(name, settings)
-    volumes, mounts = [], []
+    # The root filesystem is read-only; library caches go to an emptyDir at /tmp.
+    volumes = [k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource())]
+    mounts = [k8s.V1VolumeMount(name="tmp", mount_path="/tmp")]
     if settings.k8s_pvc:
-        volumes = [
+        volumes.append(
             k8s.V1Volume(
                 name="lepton-data",
                 persistent_volume_claim=k8s.V1PersistentVolumeClaimVolumeSource(
                     claim_name=settings.k8s_pvc
                 ),
             )
-        ]
-        mounts = [k8s.V1VolumeMount(name="lepton-data", mount_path=settings.docker_data_path)]
-    env = {**environment, "LEPTON_HOME": settings.docker_data_path, "LEPTON_RESULT_FILE": XCOM_FILE}
+        )
+        mounts.append(k8s.V1VolumeMount(name="lepton-data", mount_path=settings.docker_data_path))
+    env = {
+        **environment,
+        **ORCHESTRATED_ENVIRONMENT,
+        "LEPTON_HOME": settings.docker_data_path,
+        "LEPTON_RESULT_FILE": POD_RESULT_FILE,
+        "LEPTON_ERROR_FILE": POD_ERROR_FILE,
+    }
     resources = k8s.V1ResourceRequirements(
         requests={"cpu": "1", "memory": "2Gi"},
         limits={"nvidia.com/gpu": str(settings.train_gpus)} if gpu else None,
@@ -148,6 +170,12 @@ def _kubernetes(
         volumes=volumes,
         volume_mounts=mounts,
         service_account_name=settings.k8s_service_account,
+        container_security_context=k8s.V1SecurityContext(
+            run_as_non_root=True,
+            read_only_root_filesystem=True,
+            allow_privilege_escalation=False,
+            capabilities=k8s.V1Capabilities(drop=["ALL"]),
+        ),
         do_xcom_push=True,
         get_logs=True,
         on_finish_action="delete_succeeded_pod",

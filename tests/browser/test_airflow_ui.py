@@ -315,10 +315,11 @@ def assert_registry_champion(stack: Stack, version: str, reason: str) -> None:
     """The page is not the source of truth: ask MLflow itself, from outside the stack."""
     code = (
         "import json, mlflow\n"
+        "from lepton_tasks.steps.register import promotion_history\n"
         "c = mlflow.MlflowClient()\n"
         "m = c.get_registered_model('lepton-digits')\n"
         "print(json.dumps({'champion': m.aliases['champion'],"
-        " 'history': json.loads(m.tags['lepton.promotion_history'])}))\n"
+        " 'history': promotion_history(m.tags)}))\n"
     )
     out = stack.run_cli("registry-check", [str(stack.python), "-c", code])
     registry = json.loads(out.strip().splitlines()[-1])

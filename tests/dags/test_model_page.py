@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from mlflow import MlflowClient
 
 from lepton_airflow.model_page import app
 from lepton_tasks import tracking
+from lepton_tasks.steps.register import promotion_history
 
 
 @pytest.fixture
@@ -87,9 +87,7 @@ def test_rollback_moves_the_champion_and_records_who_and_why(
         in signed_in.get(done.headers["location"].removeprefix("/lepton")).text
     )
     assert str(registry.get_model_version_by_alias("lepton-digits", "champion").version) == "2"
-    history = json.loads(
-        registry.get_registered_model("lepton-digits").tags["lepton.promotion_history"]
-    )
+    history = promotion_history(registry.get_registered_model("lepton-digits").tags)
     assert history[-1]["by"] == "ana" and history[-1]["reason"] == "rollback: v1 misreads 7s"
     page = signed_in.get("/").text
     assert '<strong id="champion">v2</strong>' in page

@@ -3,6 +3,7 @@ cluster exists here. All three must carry the same command line and environment.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -86,9 +87,14 @@ def test_docker_runtime_renders_image_command_env_and_gpu_only_for_train(
     assert "MLFLOW_TRACKING_PASSWORD" not in train.environment
     assert train._private_environment["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
     assert "LEPTON_RUNTIME" not in train.environment
-    (mount,) = train.mounts
-    assert mount["Target"] == "/opt/lepton" and mount["Source"] == "lepton-data"
-    assert train.skip_on_exit_code == [10]  # NothingToIngestError skips, as in the local runtime
+    data, tmp, outcome = train.mounts
+    assert data["Target"] == "/opt/lepton" and data["Source"] == "lepton-data"
+    assert tmp["Target"] == "/tmp" and tmp["Type"] == "tmpfs"
+    assert outcome["Target"] == "/run/lepton" and outcome["Source"] is None  # anonymous
+    assert train.environment["LEPTON_RESULT_FILE"] == "/run/lepton/result.json"
+    assert train.environment["LEPTON_ERROR_FILE"] == "/run/lepton/error.json"
+    assert train.environment["LEPTON_LOG_TIMESTAMPS"] == "0"
+    assert train.auto_remove == "never"  # removed by the operator after reading the outcome
     no_gpu = step("train", settings=docker_settings(train_gpus=0), **OPTIONS)
     assert no_gpu.device_requests is None and no_gpu.image == settings.task_image
 
@@ -106,7 +112,6 @@ def test_kubernetes_runtime_renders_the_train_pod(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lepton:5000")
     settings = k8s_settings()
     operator = step("train", settings=settings, **OPTIONS)
-    assert operator.skip_on_exit_code == [10]
     pod = operator.build_pod_request_obj(dry_run=True)
     container, sidecar = pod.spec.containers
     assert sidecar.name == "airflow-xcom-sidecar"  # it reads /airflow/xcom/return.json
@@ -158,3 +163,77 @@ def test_whole_dag_requests_a_gpu_for_train_alone(
         ):
             gpu_tasks.add(task.task_id)
     assert gpu_tasks == {"train"}
+
+
+def terminated_pod(exit_code: int, message: str | None):
+    from kubernetes.client import models as k8s
+
+    state = k8s.V1ContainerState(
+        terminated=k8s.V1ContainerStateTerminated(exit_code=exit_code, message=message)
+    )
+    status = k8s.V1ContainerStatus(
+        name="base", state=state, image="i", image_id="i", ready=False, restart_count=0
+    )
+    return k8s.V1Pod(
+        metadata=k8s.V1ObjectMeta(name="lepton-ingest-x", namespace="lepton"),
+        status=k8s.V1PodStatus(phase="Failed", container_statuses=[status]),
+    )
+
+
+ERROR_RECORD = {
+    "step": "ingest",
+    "error": "InputDataError",
+    "exit_code": 3,
+    "line": "lepton-tasks ingest: InputDataError: truncated batch (landing/day-2/data.npz)",
+}
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "expected", "reason"),
+    [
+        (3, json.dumps(ERROR_RECORD), AirflowFailException, "InputDataError: truncated batch"),
+        (10, None, AirflowSkipException, "exit code 10"),
+        (7, None, AirflowException, "failed with exit code 7"),
+        (137, None, AirflowException, "killed"),
+    ],
+)
+def test_kubernetes_runtime_applies_the_exit_code_policy_from_the_pod_status(
+    code: int, message: str | None, expected: type, reason: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pod's exit code and termination message decide, as in the other runtimes."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+
+    operator = step("ingest", settings=k8s_settings(), run_dir="r")
+
+    # no cluster here: the provider's own clean-up (pod deletion) is reduced to its verdict
+    def provider_cleanup(self, pod, remote_pod, xcom_result=None, context=None):
+        raise AirflowException("Pod lepton-ingest-x returned a failure.")
+
+    monkeypatch.setattr(KubernetesPodOperator, "cleanup", provider_cleanup)
+    with pytest.raises(expected, match=reason) as caught:
+        operator.cleanup(terminated_pod(code, message), terminated_pod(code, message))
+    if expected is AirflowException:
+        assert not isinstance(caught.value, AirflowFailException)
+
+
+def test_mlflow_and_alerts_come_from_airflow_connections(
+    tmp_path: Path, lepton_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Connections (so any secrets backend) win over the environment, read at run time."""
+    from lepton_airflow.notifiers import WebhookFailureNotifier
+
+    monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", "http://from-the-environment/alerts")
+    operator = step("ingest", run_dir=str(tmp_path / "run"), source="sklearn:digits")
+    assert operator.process_environment()["MLFLOW_TRACKING_URI"].startswith("sqlite:")
+    assert WebhookFailureNotifier().target() == "http://from-the-environment/alerts"
+
+    connection = {"conn_type": "http", "host": "mlflow.internal", "port": 5000}
+    connection |= {"login": "lepton", "password": "s3cret"}
+    monkeypatch.setenv("AIRFLOW_CONN_LEPTON_MLFLOW", json.dumps(connection))
+    monkeypatch.setenv("AIRFLOW_CONN_LEPTON_ALERT_WEBHOOK", "https://hooks.example/services/T/B/X")
+    env = operator.process_environment()
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
+    assert (
+        env["MLFLOW_TRACKING_USERNAME"] == "lepton" and env["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
+    )
+    assert WebhookFailureNotifier().target() == "https://hooks.example/services/T/B/X"

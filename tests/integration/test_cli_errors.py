@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lepton_tasks.errors import EXIT_CODES
 from tests.conftest import digits, run_cli, write_npz
@@ -113,3 +114,52 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path: Path, lepton
         "TrackingUnavailableError",
         "cannot create the folder",
     )
+
+
+def test_outcome_files_name_the_result_or_the_error(tmp_path: Path, lepton_env: Path) -> None:
+    """What every runtime reads back instead of the log: LEPTON_RESULT_FILE, LEPTON_ERROR_FILE."""
+    files = {
+        "LEPTON_RESULT_FILE": str(tmp_path / "r.json"),
+        "LEPTON_ERROR_FILE": str(tmp_path / "e.json"),
+    }
+    run = str(tmp_path / "run")
+    done = run_cli("ingest", "--run-dir", run, "--source", "sklearn:digits", env=files)
+    assert done.code == 0
+    assert json.loads((tmp_path / "r.json").read_text()) == done.result
+    assert not (tmp_path / "e.json").exists()
+
+    missing = str(tmp_path / "missing.npz")
+    done = run_cli("ingest", "--run-dir", run, "--source", missing, env=files)
+    error = json.loads((tmp_path / "e.json").read_text())
+    assert error["exit_code"] == done.code == 3 and error["line"] == done.error_line
+
+
+def test_a_bug_still_leaves_a_one_line_error_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected exception keeps its traceback (exit 1), and the runtime still gets one
+    line saying what it was, for the alert."""
+    from lepton_tasks.cli import run_step
+
+    error_file = tmp_path / "e.json"
+    monkeypatch.setenv("LEPTON_ERROR_FILE", str(error_file))
+
+    def broken_step():
+        raise RuntimeError("disk on fire\nsecond line")
+
+    with pytest.raises(RuntimeError):
+        run_step("train", None, broken_step)
+    error = json.loads(error_file.read_text())
+    assert error["exit_code"] == 1
+    assert error["line"] == "lepton-tasks train: unexpected RuntimeError: disk on fire second line"
+
+
+def test_orchestrated_log_lines_carry_no_second_timestamp(tmp_path: Path, lepton_env: Path) -> None:
+    run = str(tmp_path / "run")
+    stamped = run_cli("ingest", "--run-dir", run, "--source", "sklearn:digits")
+    plain = run_cli(
+        "ingest", "--run-dir", run, "--source", "sklearn:digits",
+        env={"LEPTON_LOG_TIMESTAMPS": "0"},
+    )  # fmt: skip
+    assert stamped.stderr.splitlines()[0][:4].isdigit()  # 2026-...
+    assert plain.stderr.splitlines()[0].startswith("INFO lepton_tasks.")
