@@ -4,8 +4,10 @@ SHELL := bash
 # Python 3.11: the lock (constraints.txt) is resolved and tested on it. 3.12 is allowed by
 # pyproject.toml but untested. The first of python3.11, python3.12, python3 that is one of them.
 SUPPORTED_PYTHON := import sys; sys.exit(sys.version_info[:2] not in ((3, 11), (3, 12)))
-PYTHON ?= $(shell for p in python3.11 python3.12 python3; do \
+ifndef PYTHON
+PYTHON := $(shell for p in python3.11 python3.12 python3; do \
   command -v $$p >/dev/null 2>&1 && $$p -c '$(SUPPORTED_PYTHON)' 2>/dev/null && { echo $$p; break; }; done)
+endif
 VENV := .venv
 BIN := $(VENV)/bin
 UV_VERSION := 0.13.9
@@ -90,7 +92,7 @@ bench-containers: install
 
 # The full stack (needs a Docker engine): see README, "Run the full stack".
 env:
-	$(PYTHON) scripts/make_env.py
+	$(or $(PYTHON),python3) scripts/make_env.py
 
 images:
 	docker compose --profile images build

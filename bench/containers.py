@@ -26,9 +26,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 IMAGES = {
-    "task (CPU)": ("docker/task.Dockerfile", "lepton/task:0.1.0", {"TF_EXTRA": "cpu"}),
-    "task (GPU)": ("docker/task.Dockerfile", "lepton/task-gpu:0.1.0", {"TF_EXTRA": "gpu"}),
-    "mlflow": ("docker/mlflow.Dockerfile", "lepton/mlflow:0.1.0", {}),
+    "task (CPU)": ("docker/task.Dockerfile", "lepton/task:0.2.0", {"TF_EXTRA": "cpu"}),
+    "task (GPU)": ("docker/task.Dockerfile", "lepton/task-gpu:0.2.0", {"TF_EXTRA": "gpu"}),
+    "mlflow": ("docker/mlflow.Dockerfile", "lepton/mlflow:0.2.0", {}),
 }
 # The step containers' options in the docker runtime (plugins/lepton_airflow/steps.py).
 HARDENING = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
@@ -90,7 +90,7 @@ def step_costs(repeats: int) -> dict:
                     timed(
                         ["docker", "run", "--rm", "--network", "none", *HARDENING,
                          "--tmpfs", "/tmp", "-v", f"{volume}:/opt/lepton",
-                         "-e", "LEPTON_LOG_TIMESTAMPS=0", "lepton/task:0.1.0",
+                         "-e", "LEPTON_LOG_TIMESTAMPS=0", "lepton/task:0.2.0",
                          *(a.format(root="/opt/lepton") for a in args)]
                     )
                 )  # fmt: skip

@@ -16,10 +16,9 @@ RUN groupadd --system --gid 10002 mlflow \
  && useradd --system --uid 10002 --gid mlflow --create-home --home-dir /var/lib/mlflow mlflow \
  && mkdir -p /mlartifacts && chown mlflow:mlflow /mlartifacts
 COPY --from=build /opt/venv /opt/venv
-COPY docker/mlflow/create_user.py /opt/mlflow/create_user.py
+COPY docker/mlflow/create_user.py docker/mlflow/basic_auth.ini /opt/mlflow/
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1
-USER mlflow
-# the basic-auth user database (basic_auth.db) is created in the working directory
+USER 10002:10002
 WORKDIR /var/lib/mlflow
 EXPOSE 5000
 ENTRYPOINT ["mlflow", "server"]

@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # The task image: `lepton-tasks` as entrypoint, the same CLI the operators call.
-#   CPU:  docker build -f docker/task.Dockerfile -t lepton/task:0.1.0 .
-#   GPU:  docker build -f docker/task.Dockerfile --build-arg TF_EXTRA=gpu -t lepton/task-gpu:0.1.0 .
+#   CPU:  docker build -f docker/task.Dockerfile -t lepton/task:0.2.0 .
+#   GPU:  docker build -f docker/task.Dockerfile --build-arg TF_EXTRA=gpu -t lepton/task-gpu:0.2.0 .
 # Versions come from pyproject.toml (direct pins) and constraints.txt (the lock): no second list.
 # The official base; a stand-in built from Debian packages may be passed where it cannot be
 # pulled (scripts/containers/base-image.sh). Nothing else differs between the two.
@@ -37,7 +37,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     GX_ANALYTICS_ENABLED=False \
     MPLCONFIGDIR=/tmp/matplotlib \
     KERAS_HOME=/tmp/keras
-USER lepton
+# by number, so Kubernetes can check runAsNonRoot
+USER ${LEPTON_UID}:${LEPTON_UID}
 WORKDIR /home/lepton
 ENTRYPOINT ["lepton-tasks"]
 CMD ["--help"]

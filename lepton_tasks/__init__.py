@@ -4,4 +4,4 @@ This package never imports Airflow: the same commands run as local processes, in
 containers and in Kubernetes pods.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Annotated
@@ -99,6 +100,11 @@ def _write_outcome(variable: str, payload: str) -> None:
         log.warning("could not write %s to %s", variable, path, exc_info=True)
 
 
+def _redact(text: str) -> str:
+    """Credentials inside URLs (`scheme://user:password@host`) never reach a log or an alert."""
+    return re.sub(r"(://[^/\s:@]+):[^/\s@]+@", r"\1:***@", text)
+
+
 def _error_record(step: str, exc: BaseException) -> dict[str, object]:
     if isinstance(exc, LeptonError):
         name, message, where, code = type(exc).__name__, exc.message, exc.where, exc.exit_code
@@ -110,10 +116,10 @@ def _error_record(step: str, exc: BaseException) -> dict[str, object]:
         "step": step,
         "ok": False,
         "error": name,
-        "message": message[:2000],
-        "where": where,
+        "message": _redact(message)[:2000],
+        "where": _redact(where) if where else where,
         "exit_code": code,
-        "line": line[:1000],
+        "line": _redact(line)[:1000],
     }
 
 

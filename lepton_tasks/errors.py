@@ -79,6 +79,13 @@ class TrackingUnavailableError(LeptonError):
     on_failure = "retry"
 
 
+class TrackingAccessDeniedError(TrackingUnavailableError):
+    """MLflow refused the signed-in user (401/403): credentials or permissions, not an outage."""
+
+    exit_code = 11
+    on_failure = "fail"
+
+
 class TrainingError(LeptonError):
     """Training ran but produced no usable model (for example a NaN loss)."""
 
@@ -110,6 +117,7 @@ ERROR_CLASSES: tuple[type[LeptonError], ...] = (
     TrainingError,
     RegistryError,
     NothingToIngestError,
+    TrackingAccessDeniedError,
 )
 EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in ERROR_CLASSES}
 _ACTIONS: dict[int, FailureAction] = {cls.exit_code: cls.on_failure for cls in ERROR_CLASSES}

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from lepton_tasks.errors import TrackingUnavailableError
+from lepton_tasks.errors import TrackingAccessDeniedError, TrackingUnavailableError
 from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,9 @@ def tracking_errors(action: str) -> Iterator[None]:
     except MlflowException as exc:
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         if "error code 401" in text or "error code 403" in text:
-            raise TrackingUnavailableError(
-                f"{action}: MLflow refused the signed-in user (check MLFLOW_TRACKING_USERNAME "
-                f"and its permissions): {text}",
+            raise TrackingAccessDeniedError(
+                f"{action}: MLflow refused the signed-in user (check the lepton_mlflow "
+                f"Connection or MLFLOW_TRACKING_USERNAME, and its permissions): {text}",
                 where=tracking_uri(),
             ) from exc
         if any(

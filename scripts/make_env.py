@@ -29,18 +29,35 @@ def host_value(key: str, default: str) -> str:
     return default
 
 
+def fresh_line(line: str) -> str:
+    if "=" not in line or line.startswith("#"):
+        return line
+    key, value = line.split("=", 1)
+    value = secret_for(key) if value == "generate" else host_value(key, value)
+    return f"{key}={value}"
+
+
+def add_missing(target: Path) -> None:
+    """An .env from an earlier release keeps its values and gains the keys it lacks."""
+    have = {line.split("=", 1)[0] for line in target.read_text().splitlines() if "=" in line}
+    missing = [
+        fresh_line(line)
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if "=" in line and not line.startswith("#") and line.split("=", 1)[0] not in have
+    ]
+    if missing:
+        with target.open("a") as handle:
+            handle.write("\n".join(missing) + "\n")
+    added = ", ".join(line.split("=", 1)[0] for line in missing) or "nothing"
+    print(f"{target} exists: kept its values, added {added} (--force replaces every secret)")
+
+
 def main() -> None:
     target = ROOT / ".env"
     if target.exists() and "--force" not in sys.argv:
-        sys.exit(".env exists; `python scripts/make_env.py --force` replaces it (and its secrets)")
-    lines = []
-    for line in (ROOT / ".env.example").read_text().splitlines():
-        if "=" not in line or line.startswith("#"):
-            lines.append(line)
-            continue
-        key, value = line.split("=", 1)
-        value = secret_for(key) if value == "generate" else host_value(key, value)
-        lines.append(f"{key}={value}")
+        add_missing(target)
+        return
+    lines = [fresh_line(line) for line in (ROOT / ".env.example").read_text().splitlines()]
     # Created with mode 600: the secrets are never readable by others, not even for a moment.
     if target.exists():
         target.unlink()

@@ -114,7 +114,6 @@ REQUIRED_ENV = [
     "LEPTON_HOME",
     "LEPTON_LANDING_URI",
     "MLFLOW_TRACKING_URI",
-    "AIRFLOW_CONN_LEPTON_MLFLOW",
     "AIRFLOW__CORE__EXECUTION_API_SERVER_URL",
     "AIRFLOW__API_AUTH__JWT_SECRET",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN",
@@ -171,7 +170,12 @@ def test_steps_and_the_page_use_mlflows_plain_user_not_the_admin() -> None:
     for name in AIRFLOW_SERVICES:
         env = services[name]["environment"]
         assert "MLFLOW_ADMIN_PASSWORD" not in json.dumps(env), name
-        connection = json.loads(env["AIRFLOW_CONN_LEPTON_MLFLOW"])
+        # the Connection only where tasks run
+        assert ("AIRFLOW_CONN_LEPTON_MLFLOW" in env) == (
+            name in ("airflow-scheduler", "airflow-worker")
+        ), name
+    for name in ("airflow-scheduler", "airflow-worker"):
+        connection = json.loads(services[name]["environment"]["AIRFLOW_CONN_LEPTON_MLFLOW"])
         assert connection["login"] == "lepton" and connection["host"] == "mlflow"
     page = services["airflow-apiserver"]["environment"]
     assert page["MLFLOW_TRACKING_USERNAME"] == "lepton"
@@ -294,7 +298,7 @@ def test_helm_values_render_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> No
         dry_run=True
     )
     container = pod.spec.containers[0]
-    assert container.image == "lepton/task-gpu:0.1.0"
+    assert container.image == "lepton/task-gpu:0.2.0"
     assert container.args[:3] == ["train", "--run-dir", "/opt/lepton/runs/x"]
     assert container.resources.limits == {"nvidia.com/gpu": "1"}
     env = {e.name: e.value for e in container.env}
@@ -309,3 +313,7 @@ def test_helm_values_render_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> No
     assert values["apiSecretKeySecretName"] and values["jwtSecretName"]
     assert "webserverSecretKeySecretName" not in values
     assert "AIRFLOW_CONN_LEPTON_MLFLOW" in {s["envName"] for s in values["secret"]}
+    # credentials reach step pods from a Secret, never as plain values in the pod spec
+    assert "MLFLOW_TRACKING_PASSWORD" not in env
+    assert pod.spec.containers[0].env_from[0].secret_ref.name == "lepton-mlflow-credentials"
+    assert security.run_as_user == 10001 and pod.spec.security_context.fs_group == 10001

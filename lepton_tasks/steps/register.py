@@ -57,9 +57,17 @@ def shorten(text: str, limit: int = MAX_REASON_CHARS) -> str:
 
 def promotion_history(tags: Mapping[str, str]) -> list[dict[str, Any]]:
     """The registered model's promotions and rollbacks, oldest first, from its tags."""
-    history: list[dict[str, Any]] = json.loads(tags.get(LEGACY_HISTORY_TAG, "[]"))
-    keys = sorted(k for k in tags if k.startswith(HISTORY_TAG_PREFIX))
-    return history + [json.loads(tags[k]) for k in keys]
+    history: list[dict[str, Any]] = []
+    raw = [tags.get(LEGACY_HISTORY_TAG, "[]")]
+    raw += [tags[k] for k in sorted(k for k in tags if k.startswith(HISTORY_TAG_PREFIX))]
+    for value in raw:
+        try:
+            entry = json.loads(value)
+        except json.JSONDecodeError:  # a hand-edited tag must not take the page down
+            log.warning("skipping an unreadable promotion record: %.80s", value)
+            continue
+        history += entry if isinstance(entry, list) else [entry]
+    return history
 
 
 def _move_champion(client: Any, model_name: str, version: str, entry: dict[str, Any]) -> None:
@@ -73,7 +81,8 @@ def _move_champion(client: Any, model_name: str, version: str, entry: dict[str, 
         "at": now.isoformat(timespec="seconds"),
     }
     key = f"{HISTORY_TAG_PREFIX}{now:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
-    client.set_registered_model_tag(model_name, key, json.dumps(entry))
+    # unescaped, so the cut above bounds the stored size (MLflow counts characters)
+    client.set_registered_model_tag(model_name, key, json.dumps(entry, ensure_ascii=False))
     try:
         client.set_registered_model_alias(model_name, "champion", version)
     except Exception:

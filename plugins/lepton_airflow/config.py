@@ -46,8 +46,8 @@ class RuntimeSettings(BaseSettings):
         default=None, description="POST a JSON alert here when a step fails (Slack-compatible)."
     )
 
-    task_image: str = "lepton/task:0.1.0"
-    gpu_task_image: str = "lepton/task-gpu:0.1.0"
+    task_image: str = "lepton/task:0.2.0"
+    gpu_task_image: str = "lepton/task-gpu:0.2.0"
     train_gpus: int = Field(default=1, ge=0, description="GPUs for train; 0 trains on CPU.")
 
     docker_url: str = "unix://var/run/docker.sock"

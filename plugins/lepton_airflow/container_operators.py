@@ -74,15 +74,30 @@ class LeptonDockerOperator(DockerOperator):
                 raise_for_exit(self.step, code, self._copy_out(container, ERROR_FILE))
             return parse_result(self._copy_out(container, RESULT_FILE), self.step)
         finally:
-            if self.container:
-                self.cli.remove_container(self.container["Id"], v=True, force=True)
+            self._remove()
+
+    def _remove(self) -> None:
+        """Remove the container and its outcome volume; a failure here must not replace the
+        step's own outcome, so it is only logged."""
+        from docker.errors import APIError
+
+        if not self.container:
+            return
+        try:
+            self.cli.remove_container(self.container["Id"], v=True, force=True)
+        except APIError as exc:
+            self.log.warning("could not remove container %s: %s", self.container["Id"], exc)
+
+    def on_kill(self) -> None:
+        super().on_kill()
+        self._remove()
 
     def _copy_out(self, container: str, name: str) -> str | None:
-        from docker.errors import NotFound
+        from docker.errors import APIError
 
         try:
             chunks, stat = self.cli.get_archive(container, f"{DOCKER_OUTCOME_DIR}/{name}")
-        except NotFound:
+        except APIError:  # no such file: the step did not get that far
             return None
         with tarfile.open(fileobj=io.BytesIO(b"".join(chunks))) as archive:
             member = archive.extractfile(stat["name"])
@@ -106,9 +121,12 @@ class LeptonPodOperator(KubernetesPodOperator):
     def execute(self, context: Any) -> Any:
         from kubernetes.client import models as k8s
 
+        # Only the server's address: credentials in a pod spec are readable by anyone who may
+        # list pods, so the pods take them from the Secret LEPTON_K8S_ENV_SECRET names.
+        public = {k: v for k, v in mlflow_environment().items() if k == "MLFLOW_TRACKING_URI"}
         self.env_vars = [
             *self.env_vars,
-            *(k8s.V1EnvVar(name=k, value=v) for k, v in mlflow_environment().items()),
+            *(k8s.V1EnvVar(name=k, value=v) for k, v in public.items()),
         ]
         return super().execute(context)
 
@@ -127,7 +145,10 @@ class LeptonPodOperator(KubernetesPodOperator):
             code, message = pod_termination(remote_pod, self.base_container_name)
             if code is None:
                 raise  # the pod never ran the step: the provider's own message says why
-            raise_for_exit(self.step, code, message)
+            try:
+                raise_for_exit(self.step, code, message)
+            except AirflowException as outcome:
+                raise outcome from None  # not the provider's message, which holds the pod spec
 
 
 def pod_termination(remote_pod: Any, container_name: str) -> tuple[int | None, str | None]:

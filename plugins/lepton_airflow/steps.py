@@ -14,6 +14,7 @@ from lepton_airflow.operators import ORCHESTRATED_ENVIRONMENT
 from lepton_airflow.outcome import ERROR_FILE, RESULT_FILE
 
 GPU_STEPS = frozenset({"train"})
+TASK_UID = 10001  # the task image's user (docker/task.Dockerfile)
 
 
 def command_arguments(options: dict[str, Any]) -> list[Any]:
@@ -170,14 +171,20 @@ def _kubernetes(
         volumes=volumes,
         volume_mounts=mounts,
         service_account_name=settings.k8s_service_account,
+        # the task image's user, by number (the kubelet cannot check a name is not root); a
+        # fresh volume becomes writable for it through fsGroup
+        security_context=k8s.V1PodSecurityContext(fs_group=TASK_UID),
         container_security_context=k8s.V1SecurityContext(
             run_as_non_root=True,
+            run_as_user=TASK_UID,
+            run_as_group=TASK_UID,
             read_only_root_filesystem=True,
             allow_privilege_escalation=False,
             capabilities=k8s.V1Capabilities(drop=["ALL"]),
         ),
         do_xcom_push=True,
         get_logs=True,
+        log_pod_spec_on_failure=False,  # the spec holds the step's environment
         on_finish_action="delete_succeeded_pod",
         **common,
     )

@@ -22,8 +22,10 @@ if ! command -v mmdebstrap >/dev/null; then
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-# this machine's apt sources: the mirror it is allowed to reach
-sources=$(ls /etc/apt/sources.list.d/*.sources 2>/dev/null | head -1 || true)
+# this machine's own Debian bookworm sources (the mirror it is allowed to reach), not a
+# third-party repository's
+sources=$(grep -l -E "^Suites:.*\bbookworm\b" /etc/apt/sources.list.d/*.sources 2>/dev/null |
+  xargs -r grep -l -E "^URIs:.*debian" | head -1 || true)
 [ -n "$sources" ] || sources=/etc/apt/sources.list
 $sudo mmdebstrap --quiet --variant=minbase \
   --include=python3,python3-venv,python3-pip,python-is-python3,ca-certificates,passwd \

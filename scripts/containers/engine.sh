@@ -41,10 +41,14 @@ stop() {
   [ -f "$PIDFILE" ] || return 0
   pid=$(cat "$PIDFILE")
   $sudo kill "$pid" 2>/dev/null || true
-  for _ in $(seq 30); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done
-  # dockerd leaves its network namespace mount behind
+  for _ in $(seq 30); do $sudo kill -0 "$pid" 2>/dev/null || break; sleep 1; done
+  if $sudo kill -0 "$pid" 2>/dev/null; then
+    echo "engine.sh: dockerd $pid did not stop; its folders are left in $ROOT" >&2; return 1
+  fi
+  # dockerd leaves its network namespace mount behind; remove only what start() created
   $sudo umount "$ROOT/exec/netns/default" 2>/dev/null || true
-  $sudo rm -rf "$ROOT"
+  $sudo rm -rf "$ROOT/data" "$ROOT/exec" "$SOCK" "$PIDFILE" "$ROOT/dockerd.log"
+  $sudo rmdir "$ROOT" 2>/dev/null || true
 }
 
 case "${1:-}" in

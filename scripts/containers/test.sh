@@ -12,12 +12,17 @@ BIN=${BIN:-.venv/bin}
 sudo=$([ "$(id -u)" = 0 ] || echo sudo)
 
 need=()
-command -v dockerd >/dev/null || need+=(docker.io)
+# an engine already reachable (Docker Desktop, rootless, remote) is used as it is
+docker version >/dev/null 2>&1 || command -v dockerd >/dev/null || need+=(docker.io)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
     echo "test-containers: apt-get install ${need[*]}"
+    # the tests start their own throwaway cluster: no system-wide one on port 5432
+    $sudo mkdir -p /etc/postgresql-common
+    [ -f /etc/postgresql-common/createcluster.conf ] ||
+      echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
@@ -43,11 +48,11 @@ trap cleanup EXIT
 if docker version >/dev/null 2>&1; then
   base=$(scripts/containers/base-image.sh python:3.11.14-slim-bookworm)
   for image in task mlflow; do
-    echo "test-containers: building lepton/$image:0.1.0 on $base"
+    echo "test-containers: building lepton/$image:0.2.0 on $base"
     start=$(date +%s)
     DOCKER_BUILDKIT=0 docker build -q --network host --build-arg "BASE_IMAGE=$base" \
-      -f "docker/$image.Dockerfile" -t "lepton/$image:0.1.0" . >/dev/null
-    echo "test-containers: lepton/$image:0.1.0 built in $(( $(date +%s) - start )) s"
+      -f "docker/$image.Dockerfile" -t "lepton/$image:0.2.0" . >/dev/null
+    echo "test-containers: lepton/$image:0.2.0 built in $(( $(date +%s) - start )) s"
   done
 fi
 "$BIN/pytest" tests/containers ${PYTEST_ARGS:-}

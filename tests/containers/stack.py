@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-TASK_IMAGE = "lepton/task:0.1.0"
-MLFLOW_IMAGE = "lepton/mlflow:0.1.0"
+TASK_IMAGE = "lepton/task:0.2.0"
+MLFLOW_IMAGE = "lepton/mlflow:0.2.0"
 
 
 def free_port() -> int:
@@ -39,9 +39,16 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def docker(*args: str, check: bool = True, timeout: float = 600) -> str:
+def docker(
+    *args: str, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+) -> str:
     done = subprocess.run(
-        ["docker", *args], capture_output=True, text=True, timeout=timeout, check=False
+        ["docker", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
     )
     if check and done.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args[:3])}: {done.stderr.strip()[-2000:]}")
@@ -122,9 +129,16 @@ class Service:
     def environment(self) -> dict[str, str]:
         return {k: str(v) for k, v in (self.spec.get("environment") or {}).items()}
 
-    def run_args(self, volumes: dict[str, str], extra_env: dict[str, str]) -> list[str]:
+    def run(self, volumes: dict[str, str], extra_env: dict[str, str], *options: str) -> str:
+        """`docker run` this service; its environment passes through docker's own environment
+        (`-e NAME`), so no secret shows on a command line."""
+        env = {**self.environment, **extra_env}
+        args = [*options, *self.run_args(volumes, env)]
+        return docker("run", *args, env=env)
+
+    def run_args(self, volumes: dict[str, str], env: dict[str, str]) -> list[str]:
         """`docker run` options for this service: user, read-only root, tmpfs, volumes (named
-        volumes renamed through `volumes`), environment."""
+        volumes renamed through `volumes`), the names of its environment variables."""
         network = self.spec.get("network_mode", "host")
         args = ["--network", network]
         if network == "host":
@@ -138,8 +152,8 @@ class Service:
         for mount in self.spec.get("volumes", []):
             source, target = mount.split(":", 2)[:2]
             args += ["-v", f"{volumes.get(source, source)}:{target}"]
-        for key, value in {**self.environment, **extra_env}.items():
-            args += ["-e", f"{key}={value}"]
+        for key in env:
+            args += ["-e", key]
         if "entrypoint" in self.spec:
             entrypoint = self.spec["entrypoint"]
             args += ["--entrypoint", entrypoint[0]]
@@ -306,15 +320,20 @@ class ContainerStack:
     def data_volume(self) -> str:
         return self.volumes["lepton-data"]
 
-    def localize(self, args: list[str]) -> list[str]:
+    def localize(self, text: str) -> str:
         """The compose network replaced by loopback: a free port for MLflow, loopback only."""
         port = str(self.mlflow_port)
-        return [
-            a.replace("--host=0.0.0.0", "--host=127.0.0.1")
+        return (
+            text.replace("--host=0.0.0.0", "--host=127.0.0.1")
             .replace("--port=5000", f"--port={port}")
             .replace("mlflow:5000", f"mlflow:{port}")
-            for a in args
-        ]
+        )
+
+    def localize_service(self, service: Service) -> Service:
+        spec = dict(service.spec)
+        spec["command"] = [self.localize(str(a)) for a in spec.get("command", [])]
+        spec["environment"] = {k: self.localize(str(v)) for k, v in service.environment.items()}
+        return Service(service.name, spec, service.env)
 
     def start(self) -> None:
         for volume in self.volumes.values():
@@ -326,13 +345,12 @@ class ContainerStack:
         pg = {"PGPORT": str(self.postgres.port)}
         mlflow = Service.load("mlflow", self.env)
         name = f"lepton-test-mlflow-{self.suffix}"
-        docker("run", "-d", "--name", name, *self.localize(mlflow.run_args(self.volumes, pg)))
+        self.localize_service(mlflow).run(self.volumes, pg, "-d", "--name", name)
         self.containers.append(name)
         wait_for_http(f"{self.mlflow_url}/health", 180, name)
         init = Service.load("mlflow-init", self.env)
-        docker("run", "--rm", *self.localize(init.run_args(self.volumes, {})))
-        data_init = Service.load("lepton-data-init", self.env)
-        docker("run", "--rm", *data_init.run_args(self.volumes, {}))
+        self.localize_service(init).run(self.volumes, {}, "--rm")
+        Service.load("lepton-data-init", self.env).run(self.volumes, {}, "--rm")
 
     def stop(self) -> None:
         for name in self.containers:
