@@ -6,7 +6,7 @@ ARG BASE_IMAGE=python:3.11.14-slim-bookworm
 
 FROM ${BASE_IMAGE} AS build
 WORKDIR /src
-COPY pyproject.toml constraints.txt ./
+COPY constraints.txt ./
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
       "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.13"

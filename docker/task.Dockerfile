@@ -13,11 +13,12 @@ ARG UV_VERSION=0.13.9
 ENV UV_COMPILE_BYTECODE=1 UV_LINK_MODE=copy PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 WORKDIR /src
-COPY pyproject.toml constraints.txt README.md ./
+COPY pyproject.toml constraints.txt ./
 # Dependencies first, the project after: a code change rebuilds one small layer, not TensorFlow.
 RUN uv venv /opt/venv \
  && uv pip install --python /opt/venv/bin/python --no-cache -c constraints.txt \
       -r pyproject.toml --extra "${TF_EXTRA}"
+COPY README.md ./
 COPY lepton_tasks ./lepton_tasks
 RUN uv pip install --python /opt/venv/bin/python --no-cache --no-deps .
 

@@ -153,6 +153,14 @@ def test_a_bug_still_leaves_a_one_line_error_record(
     assert error["exit_code"] == 1
     assert error["line"] == "lepton-tasks train: unexpected RuntimeError: disk on fire second line"
 
+    def leaky_step():
+        raise ConnectionError("cannot reach http://lepton:s3cret@mlflow:5000/api")
+
+    with pytest.raises(ConnectionError):
+        run_step("register", None, leaky_step)
+    error = json.loads(error_file.read_text())
+    assert "s3cret" not in json.dumps(error) and "http://lepton:***@mlflow:5000" in error["line"]
+
 
 def test_orchestrated_log_lines_carry_no_second_timestamp(tmp_path: Path, lepton_env: Path) -> None:
     run = str(tmp_path / "run")
