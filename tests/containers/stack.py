@@ -15,7 +15,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 import threading
@@ -28,15 +27,11 @@ from typing import Any
 
 import yaml
 
+from tests.browser.stack import free_port
+
 REPO = Path(__file__).resolve().parents[2]
 TASK_IMAGE = "lepton/task:0.2.0"
 MLFLOW_IMAGE = "lepton/mlflow:0.2.0"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def docker(
