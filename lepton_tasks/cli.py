@@ -317,7 +317,7 @@ def rollback(
     who: Annotated[str, typer.Option(envvar="USER", help="Who rolls back.")] = "unknown",
 ) -> None:
     """Move the champion alias back to an earlier version, recording who and why."""
-    from lepton_tasks.steps.register import rollback as rollback_step
+    from lepton_tasks.registry import rollback as rollback_step
 
     run_step("rollback", run_dir, lambda: rollback_step(model_name, version, reason, who, run_dir))
 
@@ -394,7 +394,7 @@ def simulate_landing(
 @app.command("model-info")
 def model_info(model_name: ModelName = None) -> None:
     """Show the registered model: versions, aliases, metrics, lineage, promotion history."""
-    from lepton_tasks.steps.register import describe_model
+    from lepton_tasks.registry import describe_model
 
     def action() -> StepResult:
         info = describe_model(model_name)

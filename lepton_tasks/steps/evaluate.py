@@ -16,6 +16,7 @@ import numpy as np
 from lepton_tasks import storage, tracking
 from lepton_tasks.data.snapshot import load_split, read_manifest
 from lepton_tasks.errors import InputDataError, UsageError
+from lepton_tasks.registry import champion_version
 from lepton_tasks.results import (
     ChampionScore,
     EvaluateResult,
@@ -93,27 +94,6 @@ def confusion_png(matrix: np.ndarray, class_names: list[str], title: str) -> byt
     figure.savefig(buffer, format="png", dpi=100)
     plt.close(figure)
     return buffer.getvalue()
-
-
-def champion_version(model_name: str) -> Any | None:
-    """The version `champion` points at; None when the model or the alias does not exist."""
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    client = MlflowClient()
-    with tracking.tracking_errors("looking up the champion"):
-        # A server with authentication answers 403, not 404, for a model that does not exist
-        # (nobody holds a permission on it): search, which any user may, says whether it does.
-        if "'" in model_name:
-            raise UsageError(f"a registered model name cannot hold a quote: {model_name!r}")
-        if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
-            return None
-        try:
-            return client.get_model_version_by_alias(model_name, "champion")
-        except MlflowException as exc:
-            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
-                return None
-            raise
 
 
 def decide(

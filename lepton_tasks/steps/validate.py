@@ -323,7 +323,7 @@ def validate(
 def champion_snapshot(model_name: str) -> str | None:
     """The snapshot the current champion was trained on, if it is still readable."""
     from lepton_tasks import tracking
-    from lepton_tasks.steps.evaluate import champion_version
+    from lepton_tasks.registry import champion_version
 
     tracking.setup()
     version = champion_version(model_name)

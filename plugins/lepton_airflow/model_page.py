@@ -31,7 +31,7 @@ User = Depends(_current_user())
 
 def _info(model_name: str | None) -> Any:
     from lepton_tasks.errors import LeptonError
-    from lepton_tasks.steps.register import describe_model
+    from lepton_tasks.registry import describe_model
 
     try:
         return describe_model(model_name)
@@ -52,8 +52,8 @@ def rollback(
     user: Any = User,
 ) -> RedirectResponse:
     from lepton_tasks.errors import LeptonError
+    from lepton_tasks.registry import rollback as rollback_champion
     from lepton_tasks.settings import get_settings
-    from lepton_tasks.steps.register import rollback as rollback_champion
 
     run_dir = f"{get_settings().runs_root}/ui-rollbacks"
     try:

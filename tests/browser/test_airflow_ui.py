@@ -315,7 +315,7 @@ def assert_registry_champion(stack: Stack, version: str, reason: str) -> None:
     """The page is not the source of truth: ask MLflow itself, from outside the stack."""
     code = (
         "import json, mlflow\n"
-        "from lepton_tasks.steps.register import promotion_history\n"
+        "from lepton_tasks.registry import promotion_history\n"
         "c = mlflow.MlflowClient()\n"
         "m = c.get_registered_model('lepton-digits')\n"
         "print(json.dumps({'champion': m.aliases['champion'],"

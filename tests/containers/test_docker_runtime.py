@@ -208,7 +208,7 @@ def test_forty_promotions_and_rollbacks_on_postgres(
     from fastapi.testclient import TestClient
     from mlflow import MlflowClient
 
-    from lepton_tasks.steps.register import _move_champion, describe_model, rollback
+    from lepton_tasks.registry import describe_model, move_champion, rollback
 
     use_mlflow(monkeypatch, stack.steps_user)
     client = MlflowClient()
@@ -235,7 +235,7 @@ def test_forty_promotions_and_rollbacks_on_postgres(
 
     # a move the registry refuses (no version 99) leaves neither the alias nor a record
     with pytest.raises(Exception, match="99"):
-        _move_champion(client, name, "99", {"previous": "1", "by": "x", "reason": "bad"})
+        move_champion(client, name, "99", {"previous": "1", "by": "x", "reason": "bad"})
     assert len(describe_model(name).promotion_history) == 40
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
 

@@ -10,7 +10,7 @@ from mlflow import MlflowClient
 
 from lepton_airflow.model_page import app
 from lepton_tasks import tracking
-from lepton_tasks.steps.register import promotion_history
+from lepton_tasks.registry import promotion_history
 
 
 @pytest.fixture

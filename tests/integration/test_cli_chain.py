@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from lepton_tasks.steps.register import promotion_history
+from lepton_tasks.registry import promotion_history
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
 from lepton_tasks import tracking
-from lepton_tasks.steps.register import (
+from lepton_tasks.registry import (
     MAX_REASON_CHARS,
-    _move_champion,
     describe_model,
+    move_champion,
     promotion_history,
     rollback,
 )
@@ -49,7 +49,7 @@ def test_a_long_reason_is_cut_to_fit_a_tag(two_versions: MlflowClient, tmp_path:
 
 def test_a_refused_move_leaves_no_record(two_versions: MlflowClient) -> None:
     with pytest.raises(MlflowException):
-        _move_champion(two_versions, "m", "99", {"previous": None, "by": "x", "reason": "y"})
+        move_champion(two_versions, "m", "99", {"previous": None, "by": "x", "reason": "y"})
     assert describe_model("m").promotion_history == []
     assert "champion" not in two_versions.get_registered_model("m").aliases
 

@@ -1,0 +1,184 @@
+"""The model registry as Lepton uses it: the champion, its moves, their history, a summary.
+
+Steps and the Lepton page import this; it imports no step. Every call goes to MLflow's
+registry (`MLFLOW_TRACKING_URI`), with MLflow's failures turned into named errors.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from lepton_tasks import tracking
+from lepton_tasks.errors import RegistryError, UsageError
+from lepton_tasks.results import ModelInfo, RollbackResult, VersionInfo, records_result
+from lepton_tasks.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+# One registered-model tag per promotion or rollback: MLflow keeps each tag value in a
+# VARCHAR(5000) (enforced by PostgreSQL), so a history in one tag overflows after a few dozen
+# events. Keys sort in time order. The single JSON-list tag of earlier releases is still read.
+HISTORY_TAG_PREFIX = "lepton.promotion."
+LEGACY_HISTORY_TAG = "lepton.promotion_history"
+MAX_REASON_CHARS = 1000
+
+
+def champion_version(model_name: str) -> Any | None:
+    """The version `champion` points at; None when the model or the alias does not exist."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    with tracking.tracking_errors("looking up the champion"):
+        # A server with authentication answers 403, not 404, for a model that does not exist
+        # (nobody holds a permission on it): search, which any user may, says whether it does.
+        if "'" in model_name:
+            raise UsageError(f"a registered model name cannot hold a quote: {model_name!r}")
+        if not client.search_registered_models(filter_string=f"name = '{model_name}'"):
+            return None
+        try:
+            return client.get_model_version_by_alias(model_name, "champion")
+        except MlflowException as exc:
+            if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
+                return None
+            raise
+
+
+def shorten(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """A free-text reason cut to fit a tag value, marked where it was cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def promotion_history(tags: Mapping[str, str]) -> list[dict[str, Any]]:
+    """The registered model's promotions and rollbacks, oldest first, from its tags."""
+    history: list[dict[str, Any]] = []
+    raw = [tags.get(LEGACY_HISTORY_TAG, "[]")]
+    raw += [tags[k] for k in sorted(k for k in tags if k.startswith(HISTORY_TAG_PREFIX))]
+    for value in raw:
+        try:
+            entry = json.loads(value)
+        except json.JSONDecodeError:  # a hand-edited tag must not take the page down
+            log.warning("skipping an unreadable promotion record: %.80s", value)
+            continue
+        history += entry if isinstance(entry, list) else [entry]
+    return history
+
+
+def move_champion(client: Any, model_name: str, version: str, entry: dict[str, Any]) -> None:
+    """Record the event, then move `champion`; if the move fails, the record is taken back, so
+    the history never shows a promotion that did not happen nor misses one that did."""
+    now = datetime.now(UTC)
+    entry = {
+        **entry,
+        "version": version,
+        "reason": shorten(str(entry.get("reason") or "")),
+        "at": now.isoformat(timespec="seconds"),
+    }
+    key = f"{HISTORY_TAG_PREFIX}{now:%Y%m%dT%H%M%S%fZ}-{uuid.uuid4().hex[:8]}"
+    # unescaped, so the cut above bounds the stored size (MLflow counts characters)
+    client.set_registered_model_tag(model_name, key, json.dumps(entry, ensure_ascii=False))
+    try:
+        client.set_registered_model_alias(model_name, "champion", version)
+    except Exception:
+        try:
+            client.delete_registered_model_tag(model_name, key)
+        except Exception:  # the original failure is the one to report
+            log.warning("could not take back history record %s", key, exc_info=True)
+        raise
+
+
+@records_result
+def rollback(
+    model_name: str | None, version: str, reason: str, who: str, run_dir: str
+) -> RollbackResult:
+    """Point `champion` at an earlier version, recording who did it and why."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    model_name = model_name or get_settings().model_name
+    if not reason.strip():
+        raise RegistryError("a rollback needs a reason")
+    tracking.setup()
+    client = MlflowClient()
+    with tracking.tracking_errors("rolling back"):
+        try:
+            client.get_model_version(model_name, version)
+        except MlflowException as exc:
+            raise RegistryError(f"no version {version} of model '{model_name}'") from exc
+        previous = champion_version(model_name)
+        move_champion(
+            client,
+            model_name,
+            version,
+            {
+                "previous": str(previous.version) if previous else None,
+                "by": who,
+                "reason": f"rollback: {reason}",
+            },
+        )
+    return RollbackResult(
+        run_dir=run_dir,
+        model_name=model_name,
+        champion_version=version,
+        previous_champion_version=str(previous.version) if previous else None,
+    )
+
+
+def describe_model(model_name: str | None = None) -> ModelInfo:
+    """The registered model's versions, newest first, with aliases, metrics and lineage."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    model_name = model_name or get_settings().model_name
+    tracking.setup()
+    client = MlflowClient()
+    with tracking.tracking_errors("reading the registry"):
+        try:
+            model = client.get_registered_model(model_name)
+        except MlflowException as exc:
+            raise RegistryError(f"no registered model '{model_name}'") from exc
+        versions = client.search_model_versions(f"name='{model_name}'")
+    # search results carry no aliases; the registered model has the alias -> version map
+    aliases: dict[str, list[str]] = {}
+    for alias, number in (model.aliases or {}).items():
+        aliases.setdefault(str(number), []).append(alias)
+    rows = []
+    for version in sorted(versions, key=lambda v: int(v.version), reverse=True):
+        tags = version.tags
+        rows.append(
+            VersionInfo(
+                version=str(version.version),
+                aliases=sorted(aliases.get(str(version.version), [])),
+                metrics={
+                    k.removeprefix("lepton.metric."): float(v)
+                    for k, v in tags.items()
+                    if k.startswith("lepton.metric.")
+                },
+                snapshot_id=tags.get("lepton.snapshot_id"),
+                snapshot_count=int(tags["lepton.snapshot_count"])
+                if "lepton.snapshot_count" in tags
+                else None,
+                architecture=tags.get("lepton.architecture"),
+                pipeline_run_id=tags.get("lepton.pipeline_run_id") or None,
+                dag_id=tags.get("lepton.dag_id"),
+                dag_run_id=tags.get("lepton.dag_run_id"),
+                train_run_id=tags.get("lepton.train_run_id"),
+                decision=tags.get("lepton.decision"),
+                created_at=datetime.fromtimestamp(version.creation_timestamp / 1000, UTC).isoformat(
+                    timespec="seconds"
+                ),
+            )
+        )
+    history = promotion_history(model.tags)
+    return ModelInfo(
+        run_dir="",
+        model_name=model_name,
+        tracking_uri=tracking.tracking_uri(),
+        versions=rows,
+        promotion_history=history,
+    )
