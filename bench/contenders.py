@@ -100,9 +100,10 @@ def lepton_train_step() -> dict:
         # The first 8,000 are all for training: Lepton holds out its own validation tenth (as
         # (a) does with validation_split=0.1) and scores on the external last 2,000.
         os.environ["LEPTON_TEST_FRACTION"] = "0.0001"
+        from lepton_tasks.models import load_keras
         from lepton_tasks.steps.evaluate import predict
         from lepton_tasks.steps.ingest import ingest
-        from lepton_tasks.steps.train import TrainParams, load_keras, train
+        from lepton_tasks.steps.train import TrainParams, train
 
         np.savez(f"{scratch}/train.npz", x=images[:TRAIN], y=labels[:TRAIN])
         run = f"{scratch}/run"

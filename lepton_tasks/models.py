@@ -1,11 +1,17 @@
-"""Keras model architectures, by name. Every model takes raw 0..255 pixels (H, W, C)."""
+"""Keras models: architectures by name, and a saved model loaded from its URI.
+
+Every architecture takes raw 0..255 pixels (H, W, C).
+"""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from lepton_tasks import storage
 from lepton_tasks.errors import UsageError
 
 
@@ -81,3 +87,15 @@ def get_architecture(name: str) -> Architecture:
         raise UsageError(
             f"unknown model '{name}'; choose one of {', '.join(sorted(ARCHITECTURES))}"
         ) from None
+
+
+def load_keras(uri: str) -> Any:
+    """A `.keras` file from any URI the storage layer reads (copied locally first if remote)."""
+    import keras
+
+    if storage.is_local(uri):
+        return keras.models.load_model(uri.removeprefix("file://"))
+    with tempfile.TemporaryDirectory() as scratch:
+        local = os.path.join(scratch, "model.keras")
+        storage.copy_tree(uri, local)
+        return keras.models.load_model(local)

@@ -35,7 +35,6 @@ class Settings(BaseSettings):
     # Deterministic, content-hash based split: an example never changes split as data grows.
     val_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)
     test_fraction: float = Field(default=0.1, gt=0.0, lt=0.5)
-    seed: int = 42
 
     # Data quality gates (validate step).
     max_duplicate_rate: float = Field(default=0.05, ge=0.0, le=1.0)

@@ -166,7 +166,7 @@ def evaluate(
     if len(x_test) == 0:
         raise InputDataError("the snapshot's test split is empty", where=snapshot_uri)
 
-    from lepton_tasks.steps.train import load_keras
+    from lepton_tasks.models import load_keras
 
     candidate_metrics, matrix = classification_metrics(
         y_test, predict(load_keras(model_uri), x_test), class_names

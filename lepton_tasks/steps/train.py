@@ -351,14 +351,3 @@ def _log_model(model: Any, example: np.ndarray) -> str:
     example = _with_channels(example).astype(np.float32)
     signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
     return tracking.log_keras_model(model, signature, example)
-
-
-def load_keras(uri: str) -> Any:
-    import keras
-
-    if storage.is_local(uri):
-        return keras.models.load_model(uri.removeprefix("file://"))
-    with tempfile.TemporaryDirectory() as scratch:
-        local = os.path.join(scratch, "model.keras")
-        storage.copy_tree(uri, local)
-        return keras.models.load_model(local)

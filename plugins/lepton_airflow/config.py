@@ -13,20 +13,6 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Settings of the orchestrator alone: they are not handed to the steps.
-ORCHESTRATION_ONLY = {
-    "LEPTON_RUNTIME",
-    "LEPTON_TASK_IMAGE",
-    "LEPTON_GPU_TASK_IMAGE",
-    "LEPTON_SCHEDULE",
-    "LEPTON_DOCKER_URL",
-    "LEPTON_DOCKER_NETWORK",
-    "LEPTON_DOCKER_VOLUME",
-    "LEPTON_DOCKER_DATA_PATH",
-    "LEPTON_TRAIN_GPUS",
-    "LEPTON_MLFLOW_UI_URL",
-    "LEPTON_ALERT_WEBHOOK_URL",
-}
 SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "KEY")
 
 
@@ -70,6 +56,13 @@ class RuntimeSettings(BaseSettings):
     @property
     def landing(self) -> str:
         return self.landing_uri or str(self.home.resolve() / "landing")
+
+
+# Settings of the orchestrator alone, derived from its fields: they are not handed to the
+# steps. (LEPTON_HOME is the steps' too; each runtime sets it to where the data is.)
+ORCHESTRATION_ONLY = frozenset(
+    f"LEPTON_{name.upper()}" for name in RuntimeSettings.model_fields if name != "home"
+)
 
 
 @lru_cache(maxsize=1)

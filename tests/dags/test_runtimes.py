@@ -237,3 +237,17 @@ def test_mlflow_and_alerts_come_from_airflow_connections(
         env["MLFLOW_TRACKING_USERNAME"] == "lepton" and env["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
     )
     assert WebhookFailureNotifier().target() == "https://hooks.example/services/T/B/X"
+
+
+def test_orchestration_settings_never_reach_the_steps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every RuntimeSettings field is the orchestrator's alone (derived, not a hand-kept list)."""
+    from lepton_airflow.config import step_environment
+
+    for key in ("LEPTON_K8S_NAMESPACE", "LEPTON_K8S_PVC", "LEPTON_RUNTIME", "LEPTON_SCHEDULE"):
+        monkeypatch.setenv(key, "x")
+    monkeypatch.setenv("LEPTON_MIN_IMPROVEMENT", "0.01")  # a step's setting
+    plain, secret = step_environment()
+    assert not {
+        k for k in {**plain, **secret} if k.startswith(("LEPTON_K8S", "LEPTON_RUN", "LEPTON_SCH"))
+    }
+    assert plain["LEPTON_MIN_IMPROVEMENT"] == "0.01"
