@@ -13,6 +13,8 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Airflow stamps each log line; the step's own timestamp would be a second one.
+ORCHESTRATED_ENVIRONMENT = {"LEPTON_LOG_TIMESTAMPS": "0"}
 SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "KEY")
 
 
@@ -83,4 +85,4 @@ def step_environment() -> tuple[dict[str, str], dict[str, str]]:
             continue
         target = secret if any(word in key for word in SECRET_WORDS) else plain
         target[key] = value
-    return plain, secret
+    return {**plain, **ORCHESTRATED_ENVIRONMENT}, secret

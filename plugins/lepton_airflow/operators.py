@@ -24,8 +24,6 @@ from lepton_airflow.outcome import ERROR_FILE, RESULT_FILE, parse_result, raise_
 
 # The environment a process inherits besides the step's own: what any container has.
 BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER")
-# Airflow stamps each log line; the step's own timestamp would be a second one.
-ORCHESTRATED_ENVIRONMENT = {"LEPTON_LOG_TIMESTAMPS": "0"}
 
 
 def drop_empty_options(arguments: Sequence[Any]) -> list[str]:
@@ -87,7 +85,6 @@ class LeptonStepOperator(BaseOperator):
         return {
             **base,
             **self.environment,
-            **ORCHESTRATED_ENVIRONMENT,
             **self.secret_environment,
             **mlflow_environment(),
         }

@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from lepton_airflow.config import RuntimeSettings, runtime_settings, step_environment
-from lepton_airflow.operators import ORCHESTRATED_ENVIRONMENT
 from lepton_airflow.outcome import ERROR_FILE, RESULT_FILE
 
 GPU_STEPS = frozenset({"train"})
@@ -82,7 +81,6 @@ def _docker(
         command=[name, *arguments],
         environment={
             **environment,
-            **ORCHESTRATED_ENVIRONMENT,
             "LEPTON_HOME": settings.docker_data_path,
             "LEPTON_RESULT_FILE": f"{DOCKER_OUTCOME_DIR}/{RESULT_FILE}",
             "LEPTON_ERROR_FILE": f"{DOCKER_OUTCOME_DIR}/{ERROR_FILE}",
@@ -137,7 +135,6 @@ def _kubernetes(
         mounts.append(k8s.V1VolumeMount(name="lepton-data", mount_path=settings.docker_data_path))
     env = {
         **environment,
-        **ORCHESTRATED_ENVIRONMENT,
         "LEPTON_HOME": settings.docker_data_path,
         "LEPTON_RESULT_FILE": POD_RESULT_FILE,
         "LEPTON_ERROR_FILE": POD_ERROR_FILE,
