@@ -30,7 +30,7 @@ IMAGES = {
     "task (GPU)": ("docker/task.Dockerfile", "lepton/task-gpu:0.2.0", {"TF_EXTRA": "gpu"}),
     "mlflow": ("docker/mlflow.Dockerfile", "lepton/mlflow:0.2.0", {}),
 }
-# The step containers' options in the docker runtime (plugins/lepton_airflow/steps.py).
+# The step containers' options in the docker runtime (plugins/lepton_airflow/runtimes/docker_container.py).
 HARDENING = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
 
 

@@ -107,10 +107,10 @@ def lepton_train_step() -> dict:
 
         np.savez(f"{scratch}/train.npz", x=images[:TRAIN], y=labels[:TRAIN])
         run = f"{scratch}/run"
-        ingest(f"{scratch}/train.npz", run)
+        ingested = ingest(f"{scratch}/train.npz", run)
         overrides = json.loads(os.environ.get("BENCH_TRAIN_PARAMS", "{}"))
         params = TrainParams(seed=int(os.environ.get("BENCH_SEED", "1")), **overrides)
-        result = train(run, params=params)
+        result = train(ingested.snapshot_uri, run, params=params)
         model = load_keras(result.model_uri)
         accuracy = float((predict(model, images[-TEST:]) == labels[-TEST:]).mean())
         return {

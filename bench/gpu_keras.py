@@ -23,16 +23,12 @@ EXAMPLES = int(os.environ.get("BENCH_GPU_EXAMPLES", "60000"))
 
 
 def load() -> tuple[np.ndarray, np.ndarray]:
-    import gzip
-    import struct
+    """The MNIST images (n, 28, 28, 1) and labels, through Lepton's own IDX reader."""
+    from lepton_tasks.data.readers import open_source
 
-    with gzip.open(MNIST / "t10k-images-idx3-ubyte.gz") as f:
-        _, n, rows, cols = struct.unpack(">iiii", f.read(16))
-        x = np.frombuffer(f.read(), np.uint8).reshape(n, rows, cols, 1)
-    with gzip.open(MNIST / "t10k-labels-idx1-ubyte.gz") as f:
-        f.read(8)
-        y = np.frombuffer(f.read(), np.uint8).astype(np.int32)
-    return x, y
+    (batch,) = open_source(str(MNIST), "idx")
+    images, labels = next(batch.read_chunks(batch.count))
+    return images[..., np.newaxis], labels.astype(np.int32)
 
 
 def keras_convnet(input_shape, num_classes):

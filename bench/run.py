@@ -85,7 +85,7 @@ def time_to_accuracy(repeats: int) -> dict:
 SINGLE_PROCESS = """
 import json, sys, time
 t0 = time.perf_counter(); times = {}
-from lepton_tasks.steps.pipeline import start, end
+from lepton_tasks.pipeline_run import start, end
 from lepton_tasks.steps.ingest import ingest
 from lepton_tasks.steps.validate import validate
 from lepton_tasks.steps.train import train
@@ -96,12 +96,12 @@ source, run_dir = sys.argv[1], sys.argv[2]
 def timed(name, fn, *a, **k):
     t = time.perf_counter(); r = fn(*a, **k); times[name] = time.perf_counter() - t; return r
 s = timed("pipeline_start", start, "single_process", "bench", run_dir=run_dir)
-timed("ingest", ingest, source, run_dir)
-timed("validate", validate, run_dir, reference_uri="champion")
-timed("train", train, run_dir, parent_run_id=s.mlflow_run_id)
-timed("evaluate", evaluate, run_dir, parent_run_id=s.mlflow_run_id)
-timed("register", register, run_dir, parent_run_id=s.mlflow_run_id)
-timed("pipeline_end", end, run_dir, s.mlflow_run_id)
+i = timed("ingest", ingest, source, run_dir)
+v = timed("validate", validate, i.snapshot_uri, run_dir, reference_uri="champion")
+t = timed("train", train, v.snapshot_uri, run_dir, parent_run_id=s.mlflow_run_id)
+e = timed("evaluate", evaluate, t, run_dir, parent_run_id=s.mlflow_run_id)
+timed("register", register, e, run_dir, v, parent_run_id=s.mlflow_run_id)
+timed("pipeline_end", end, run_dir, s.mlflow_run_id, ["ingest", "validate", "train", "evaluate", "register"])
 times["total_in_process"] = time.perf_counter() - t0
 print(json.dumps(times))
 """

@@ -24,9 +24,9 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
 
-from lepton_airflow.config import runtime_settings
 from lepton_airflow.notifiers import failure_callbacks
-from lepton_airflow.steps import step
+from lepton_airflow.operator_factory import param_value, step_operator
+from lepton_airflow.settings import runtime_settings
 
 settings = runtime_settings()
 landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}")
@@ -58,7 +58,7 @@ landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}
             description="Landing-zone folder, sklearn:digits, an IDX folder, .npz or .parquet.",
         ),
         "format": Param("auto", enum=["auto", "sklearn", "idx", "npz", "parquet"], title="Format"),
-        "model": Param("lepton_cnn", enum=["lepton_cnn", "seed_cnn"], title="Architecture"),
+        "architecture": Param("lepton_cnn", enum=["lepton_cnn", "seed_cnn"], title="Architecture"),
         "model_name": Param("lepton-digits", type="string", minLength=1, title="Registered model"),
         "epochs": Param(
             None,
@@ -99,7 +99,9 @@ landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}
     tags=["lepton", "training"],
 )
 def lepton_training() -> None:
-    start = step(
+    # Every input of a step is an argument: a param, or an upstream result's field (an XCom,
+    # which also makes the edge). The run folder is only where each step writes.
+    start = step_operator(
         "pipeline-start",
         dag_id="{{ dag.dag_id }}",
         dag_run_id="{{ run_id }}",
@@ -110,49 +112,56 @@ def lepton_training() -> None:
     run_dir = start.output["run_dir"]
     pipeline_run = start.output["mlflow_run_id"]
 
-    ingest = step(
+    ingest = step_operator(
         "ingest",
         run_dir=run_dir,
-        source="{{ params.source }}",
-        format="{{ params.format }}",
+        source=param_value("source"),
+        format=param_value("format"),
         # An empty landing zone skips the night instead of failing it (and paging someone).
         when_empty="{{ 'skip' if params.source == "
         + json.dumps(settings.landing)
         + " else 'fail' }}",
     )
-    validate = step(
+    validate = step_operator(
         "validate",
         run_dir=run_dir,
         snapshot=ingest.output["snapshot_uri"],
         reference="champion",
-        model_name="{{ params.model_name }}",
+        model_name=param_value("model_name"),
     )
-    train = step(
+    train = step_operator(
         "train",
         run_dir=run_dir,
         snapshot=validate.output["snapshot_uri"],
-        model="{{ params.model }}",
-        epochs="{{ params.epochs if params.epochs is not none else '' }}",
-        batch_size="{{ params.batch_size }}",
-        learning_rate="{{ params.learning_rate if params.learning_rate is not none else '' }}",
+        architecture=param_value("architecture"),
+        epochs=param_value("epochs"),
+        batch_size=param_value("batch_size"),
+        learning_rate=param_value("learning_rate"),
         parent_run_id=pipeline_run,
     )
-    evaluate = step(
+    evaluate = step_operator(
         "evaluate",
         run_dir=run_dir,
-        model=train.output["model_uri"],
-        model_name="{{ params.model_name }}",
-        min_improvement="{{ params.min_improvement }}",
+        training=train.output["result_uri"],
+        model_name=param_value("model_name"),
+        min_improvement=param_value("min_improvement"),
         force_promotion_reason="{{ (params.force_reason or '') if params.force_promotion else '' }}",
         parent_run_id=pipeline_run,
     )
-    register = step(
+    register = step_operator(
         "register",
-        run_dir=evaluate.output["run_dir"],
-        model_name="{{ params.model_name }}",
+        run_dir=run_dir,
+        evaluation=evaluate.output["result_uri"],
+        validation=validate.output["result_uri"],
         parent_run_id=pipeline_run,
     )
-    end = step("pipeline-end", run_dir=run_dir, parent_run_id=pipeline_run)
+    steps = (ingest, validate, train, evaluate, register)
+    end = step_operator(
+        "pipeline-end",
+        run_dir=run_dir,
+        parent_run_id=pipeline_run,
+        steps=",".join(task.step for task in steps),
+    )
 
     start >> ingest >> validate >> train >> evaluate >> register >> end
     end.as_teardown(setups=start)

@@ -30,7 +30,7 @@ RUN groupadd --system --gid ${LEPTON_UID} lepton \
 COPY --from=build /opt/venv /opt/venv
 # The container runs with a read-only root: it writes only to the data volume (/opt/lepton),
 # a tmpfs at /tmp (library caches below), and /run/lepton, where the step leaves its result or
-# error file for the operator to collect (see plugins/lepton_airflow/container_operators.py).
+# error file for the operator to collect (see plugins/lepton_airflow/runtimes/docker_container.py).
 ENV PATH=/opt/venv/bin:$PATH \
     LEPTON_HOME=/opt/lepton \
     PYTHONUNBUFFERED=1 \

@@ -13,13 +13,16 @@ import os
 import re
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from lepton_tasks import storage
 from lepton_tasks.errors import EXIT_CODES, LeptonError
-from lepton_tasks.results import StepResult, step_dir
+from lepton_tasks.results import StepResult, read_result
+from lepton_tasks.run_folder import RunFolder
+
+R = TypeVar("R", bound=StepResult)
 
 app = typer.Typer(
     help="Lepton pipeline steps. Each prints a JSON result as its last stdout line.",
@@ -37,6 +40,10 @@ RunDir = Annotated[
         envvar="LEPTON_RUN_DIR",
         help="The run's folder (path or URI); the step writes under <run-dir>/<step>/.",
     ),
+]
+SnapshotUri = Annotated[
+    str | None,
+    typer.Option("--snapshot", help="Snapshot URI [default: the run folder's ingest output]."),
 ]
 ModelName = Annotated[
     str | None,
@@ -125,6 +132,7 @@ def _error_record(step: str, exc: BaseException) -> dict[str, object]:
 
 def run_step(step: str, run_dir: str | None, action: Callable[[], StepResult]) -> None:
     """Run a step's core function and turn the outcome into the CLI contract."""
+    folder = RunFolder(run_dir) if run_dir else None
     try:
         result = action()
     except Exception as exc:
@@ -132,23 +140,29 @@ def run_step(step: str, run_dir: str | None, action: Callable[[], StepResult]) -
         _write_outcome("LEPTON_ERROR_FILE", json.dumps(error))
         if not isinstance(exc, LeptonError):
             raise  # exit 1 with the traceback: a bug, not a foreseeable failure
-        if run_dir:
+        if folder:
             try:
-                storage.write_json(storage.join(step_dir(run_dir, step), "error.json"), error)
+                folder.save_error(step, error)
             except Exception:  # the folder may be the very thing that is broken
                 log.debug("could not write error.json", exc_info=True)
         if os.environ.get("LEPTON_DEBUG"):
             log.exception("step failed")
         print(error["line"], file=sys.stderr, flush=True)
         raise typer.Exit(exc.exit_code) from None
-    if run_dir:
-        stale = storage.join(step_dir(run_dir, step), "error.json")
-        if storage.exists(stale):  # an earlier failed try of this step
-            storage.remove(stale)
+    if folder:
+        folder.clear_error(step)  # an earlier failed try of this step
     payload = result.to_json()
     _write_outcome("LEPTON_RESULT_FILE", payload)
     sys.stderr.flush()
     print(payload, flush=True)
+
+
+def upstream(uri: str | None, run_dir: str, step: str, model: type[R]) -> R:
+    """An upstream step's result: from the URI given, else the one the run folder keeps.
+
+    The orchestrator always passes the URI; the fallback is for running steps by hand.
+    """
+    return read_result(uri or RunFolder(run_dir).result_uri(step), model)
 
 
 @app.command()
@@ -190,9 +204,7 @@ def ingest(
 @app.command()
 def validate(
     run_dir: RunDir,
-    snapshot: Annotated[
-        str | None, typer.Option(help="Snapshot URI [default: the run's ingest output].")
-    ] = None,
+    snapshot: SnapshotUri = None,
     reference: Annotated[
         str | None,
         typer.Option(
@@ -204,20 +216,21 @@ def validate(
     data_docs: Annotated[bool, typer.Option(help="Build the HTML Data Docs.")] = True,
 ) -> None:
     """Check a snapshot with the Great Expectations suite (and drift against a reference)."""
+    from lepton_tasks.results import IngestResult
     from lepton_tasks.steps.validate import validate as validate_step
 
-    run_step(
-        "validate",
-        run_dir,
-        lambda: validate_step(run_dir, snapshot, reference, data_docs, model_name=model_name),
-    )
+    def action() -> StepResult:
+        snapshot_uri = snapshot or upstream(None, run_dir, "ingest", IngestResult).snapshot_uri
+        return validate_step(snapshot_uri, run_dir, reference, data_docs, model_name=model_name)
+
+    run_step("validate", run_dir, action)
 
 
 @app.command()
 def train(
     run_dir: RunDir,
-    model: Annotated[
-        str, typer.Option("--model", help="Architecture: lepton_cnn (default) or seed_cnn.")
+    architecture: Annotated[
+        str, typer.Option(help="Architecture: lepton_cnn (default) or seed_cnn.")
     ] = "lepton_cnn",
     epochs: Annotated[
         int | None,
@@ -233,7 +246,7 @@ def train(
     ] = None,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 3,
     seed: Annotated[int, typer.Option(envvar="LEPTON_SEED")] = 42,
-    snapshot: Annotated[str | None, typer.Option(help="Snapshot URI [default: the run's].")] = None,
+    snapshot: SnapshotUri = None,
     mixed_precision: Annotated[str, typer.Option(help="auto (on with a GPU), on or off.")] = "auto",
     jit_compile: Annotated[
         str, typer.Option(help="XLA: auto (Keras decides), on or off.")
@@ -242,11 +255,12 @@ def train(
     parent_run_id: ParentRun = None,
 ) -> None:
     """Train a Keras model on the snapshot; resumes from the last epoch when re-run."""
+    from lepton_tasks.results import IngestResult
     from lepton_tasks.steps.train import TrainParams
     from lepton_tasks.steps.train import train as train_step
 
     params = TrainParams(
-        architecture=model,
+        architecture=architecture,
         epochs=epochs,
         batch_size=batch_size,
         learning_rate=learning_rate,
@@ -256,12 +270,21 @@ def train(
         jit_compile=jit_compile,
         deterministic=deterministic,
     )
-    run_step("train", run_dir, lambda: train_step(run_dir, snapshot, params, parent_run_id))
+
+    def action() -> StepResult:
+        snapshot_uri = snapshot or upstream(None, run_dir, "ingest", IngestResult).snapshot_uri
+        return train_step(snapshot_uri, run_dir, params, parent_run_id)
+
+    run_step("train", run_dir, action)
 
 
 @app.command()
 def evaluate(
     run_dir: RunDir,
+    training: Annotated[
+        str | None,
+        typer.Option(help="URI of train's result.json [default: the run folder's]."),
+    ] = None,
     model_name: ModelName = None,
     min_improvement: Annotated[
         float | None,
@@ -273,39 +296,62 @@ def evaluate(
     force_promotion_reason: Annotated[
         str | None, typer.Option(help="Promote regardless of the gate, recording this reason.")
     ] = None,
-    snapshot: Annotated[str | None, typer.Option(help="Snapshot URI [default: the run's].")] = None,
-    model: Annotated[
-        str | None, typer.Option("--model", help="Model file URI [default: the run's].")
+    snapshot: Annotated[
+        str | None, typer.Option(help="Snapshot URI [default: the one the model trained on].")
+    ] = None,
+    model_uri: Annotated[
+        str | None, typer.Option(help="Keras model file URI [default: train's model.keras].")
     ] = None,
     parent_run_id: ParentRun = None,
 ) -> None:
     """Score the candidate and the champion on the test split and decide on promotion."""
+    from lepton_tasks.results import TrainResult
+    from lepton_tasks.steps.evaluate import EvaluateParams
     from lepton_tasks.steps.evaluate import evaluate as evaluate_step
 
-    run_step(
-        "evaluate",
-        run_dir,
-        lambda: evaluate_step(
-            run_dir,
-            model_name,
-            snapshot,
-            model,
-            parent_run_id,
-            min_improvement,
-            floor,
-            force_promotion_reason,
-        ),
-    )
+    def action() -> StepResult:
+        trained = upstream(training, run_dir, "train", TrainResult)
+        overrides = {"snapshot_uri": snapshot, "model_uri": model_uri}
+        trained = trained.model_copy(update={k: v for k, v in overrides.items() if v})
+        params = EvaluateParams.with_defaults(
+            model_name=model_name,
+            min_improvement=min_improvement,
+            floor=floor,
+            force_reason=force_promotion_reason,
+        )
+        return evaluate_step(trained, run_dir, params, parent_run_id)
+
+    run_step("evaluate", run_dir, action)
 
 
 @app.command()
 def register(
-    run_dir: RunDir, model_name: ModelName = None, parent_run_id: ParentRun = None
+    run_dir: RunDir,
+    evaluation: Annotated[
+        str | None,
+        typer.Option(help="URI of evaluate's result.json [default: the run folder's]."),
+    ] = None,
+    validation: Annotated[
+        str | None,
+        typer.Option(help="URI of validate's result.json [default: the run folder's, if any]."),
+    ] = None,
+    model_name: ModelName = None,
+    parent_run_id: ParentRun = None,
 ) -> None:
     """Register the model with lineage tags; set challenger, and champion when promoted."""
+    from lepton_tasks.results import EvaluateResult, ValidateResult
     from lepton_tasks.steps.register import register as register_step
 
-    run_step("register", run_dir, lambda: register_step(run_dir, model_name, parent_run_id))
+    def action() -> StepResult:
+        evaluated = upstream(evaluation, run_dir, "evaluate", EvaluateResult)
+        validated = (
+            upstream(validation, run_dir, "validate", ValidateResult)
+            if validation or storage.exists(RunFolder(run_dir).result_uri("validate"))
+            else None
+        )
+        return register_step(evaluated, run_dir, validated, model_name, parent_run_id)
+
+    run_step("register", run_dir, action)
 
 
 @app.command()
@@ -338,7 +384,7 @@ def pipeline_start(
 ) -> None:
     """Open the MLflow pipeline run for an orchestrator run (reused on retries)."""
     from lepton_tasks.errors import UsageError
-    from lepton_tasks.steps.pipeline import start
+    from lepton_tasks.pipeline_run import start
 
     def action() -> StepResult:
         try:
@@ -354,11 +400,16 @@ def pipeline_start(
 def pipeline_end(
     run_dir: RunDir,
     parent_run_id: Annotated[str, typer.Option(help="The pipeline's MLflow run id.")],
+    steps: Annotated[
+        str,
+        typer.Option(help="The pipeline's steps, in order, comma-separated: their outcome."),
+    ],
 ) -> None:
-    """Close the MLflow pipeline run with the outcome found in the run folder."""
-    from lepton_tasks.steps.pipeline import end
+    """Close the MLflow pipeline run with the outcome of its steps, from the run folder."""
+    from lepton_tasks.pipeline_run import end
 
-    run_step("pipeline-end", run_dir, lambda: end(run_dir, parent_run_id))
+    names = [s.strip() for s in steps.split(",") if s.strip()]
+    run_step("pipeline-end", run_dir, lambda: end(run_dir, parent_run_id, names))
 
 
 @app.command("simulate-landing")
@@ -378,7 +429,7 @@ def simulate_landing(
     from datetime import date
 
     from lepton_tasks.errors import UsageError
-    from lepton_tasks.steps.landing import simulate_landing as simulate
+    from lepton_tasks.landing_simulator import simulate_landing as simulate
 
     def action() -> StepResult:
         try:

@@ -1,4 +1,4 @@
-"""Keras models: architectures by name, and a saved model loaded from its URI.
+"""Keras models: architectures by name, and `.keras` files saved to and loaded from any URI.
 
 Every architecture takes raw 0..255 pixels (H, W, C).
 """
@@ -19,7 +19,6 @@ from lepton_tasks.errors import UsageError
 class Architecture:
     build: Callable[[tuple[int, ...], int], Any]
     learning_rate: float
-    description: str
 
 
 def _seed_cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
@@ -74,8 +73,8 @@ def _lepton_cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
 
 
 ARCHITECTURES: dict[str, Architecture] = {
-    "seed_cnn": Architecture(_seed_cnn, 1e-3, "Conv32-Pool-Flatten-Dense (the original article)"),
-    "lepton_cnn": Architecture(_lepton_cnn, 3e-3, "2 x (Conv-BN-ReLU-Pool), dropout, dense"),
+    "seed_cnn": Architecture(_seed_cnn, learning_rate=1e-3),
+    "lepton_cnn": Architecture(_lepton_cnn, learning_rate=3e-3),
 }
 DEFAULT_ARCHITECTURE = "lepton_cnn"
 
@@ -99,3 +98,22 @@ def load_keras(uri: str) -> Any:
         local = os.path.join(scratch, "model.keras")
         storage.copy_tree(uri, local)
         return keras.models.load_model(local)
+
+
+def save_keras(model: Any, uri: str) -> None:
+    """Save `model` as a `.keras` file at any URI the storage layer writes."""
+    if storage.is_local(uri):
+        storage.makedirs(uri.rsplit("/", 1)[0])
+        model.save(uri.removeprefix("file://"))
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        local = os.path.join(scratch, "model.keras")
+        model.save(local)
+        storage.copy_tree(local, uri)
+
+
+def load_registered_keras(model_uri: str) -> Any:
+    """A Keras model from MLflow (`models:/<name>@<alias>`, `runs:/...`)."""
+    import mlflow
+
+    return mlflow.keras.load_model(model_uri)

@@ -6,6 +6,7 @@ import logging
 from datetime import UTC, datetime
 
 from lepton_tasks import storage
+from lepton_tasks.data.readers import QUARANTINE_FOLDER
 from lepton_tasks.errors import LeptonError
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def quarantine_bad_data(source: str, batch_uris: list[str], error: LeptonError) 
     targets = []
     for batch_uri in batch_uris:
         if storage.exists(batch_uri):
-            root = settings.quarantine_uri or storage.join(source, "_quarantine")
+            root = settings.quarantine_uri or storage.join(source, QUARANTINE_FOLDER)
             targets.append(quarantine(batch_uri, error, root, move=True))
     if batch_uris:
         return targets

@@ -70,8 +70,11 @@ def promotion_history(tags: Mapping[str, str]) -> list[dict[str, Any]]:
 
 
 def move_champion(client: Any, model_name: str, version: str, entry: dict[str, Any]) -> None:
-    """Record the event, then move `champion`; if the move fails, the record is taken back, so
-    the history never shows a promotion that did not happen nor misses one that did."""
+    """Record the event, then move `champion`.
+
+    If the move fails, the record is taken back, so the history never shows a promotion that
+    did not happen nor misses one that did.
+    """
     now = datetime.now(UTC)
     entry = {
         **entry,

@@ -1,7 +1,8 @@
 """Result models: the contract between steps, and what XCom carries.
 
-Each step returns one of these; the CLI prints it as the last stdout line and writes it to
-`<run-dir>/<step>/result.json`, where the next step finds it.
+Each step returns one of these; the CLI prints it as the last stdout line, and the step keeps it
+in its run folder (`result_uri`). A downstream step gets an upstream result as an argument: the
+URI of that file, read with `read_result`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ class StepResult(BaseModel):
     step: str
     run_dir: str
     ok: bool = True
+    # Where this result is kept, so a downstream step can be handed it by URI.
+    result_uri: str | None = None
 
     def to_json(self) -> str:
         return self.model_dump_json()
@@ -48,22 +51,12 @@ class IngestResult(StepResult):
     batches: list[BatchInfo] = Field(default_factory=list)
 
 
-class FailedExpectation(BaseModel):
-    expectation: str
-    column: str | None = None
-    condition: str | None = None
-    observed: str
-    expected: str
-    batch: str | None = None
-
-
 class ValidateResult(StepResult):
     step: Literal["validate"] = "validate"
     snapshot_uri: str
     snapshot_id: str
     success: bool
     evaluated: int
-    failed: list[FailedExpectation] = Field(default_factory=list)
     summary_uri: str
     data_docs_uri: str | None = None
     reference_snapshot_id: str | None = None
@@ -108,6 +101,7 @@ class EvaluateResult(StepResult):
     mlflow_run_id: str
     mlflow_experiment_id: str
     train_run_id: str
+    architecture: str
     model_name: str
     metrics: dict[str, float]
     champion: ChampionScore | None = None
@@ -193,43 +187,37 @@ class RollbackResult(StepResult):
     previous_champion_version: str | None
 
 
-def step_dir(run_dir: str, step: str) -> str:
-    return storage.join(run_dir, step)
-
-
-def result_uri(run_dir: str, step: str) -> str:
-    return storage.join(run_dir, step, "result.json")
-
-
-def save_result(result: StepResult) -> str:
-    uri = result_uri(result.run_dir, result.step)
-    storage.write_json(uri, result.model_dump(mode="json"))
-    return uri
-
-
 R = TypeVar("R", bound="StepResult")
 
 
-def load_result(run_dir: str, step: str, model: type[R]) -> R:
+def read_result(uri: str, model: type[R]) -> R:
+    """An upstream step's result, from the URI it was handed as.
+
+    Raises:
+        UpstreamMissingError: nothing is there (the upstream step did not run or finish).
+    """
     from lepton_tasks.errors import UpstreamMissingError
 
-    uri = result_uri(run_dir, step)
     if not storage.exists(uri):
+        step = model.model_fields["step"].default
         raise UpstreamMissingError(
-            f"no result of step '{step}' in the run folder; run `lepton-tasks {step}` first "
-            "or pass the input explicitly",
+            f"no result of step '{step}' here; run `lepton-tasks {step}` first or pass the "
+            "URI of its result",
             where=uri,
         )
     return model.model_validate(storage.read_json(uri))
 
 
 def records_result(step_function: Callable[..., R]) -> Callable[..., R]:
-    """Every step leaves its result in `<run-dir>/<step>/result.json`, however it was called."""
+    """Every step keeps its result in its run folder, however it was called."""
+    from lepton_tasks.run_folder import RunFolder
 
     @functools.wraps(step_function)
     def wrapper(*args: Any, **kwargs: Any) -> R:
         result = step_function(*args, **kwargs)
-        save_result(result)
+        folder = RunFolder(result.run_dir)
+        result.result_uri = folder.result_uri(result.step)
+        folder.save_result(result.step, result.model_dump(mode="json"))
         return result
 
     return wrapper

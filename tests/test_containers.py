@@ -103,7 +103,7 @@ AIRFLOW_SERVICES = [
     "airflow-triggerer",
     "airflow-worker",
 ]
-# What the DAG (lepton_airflow.config) and the steps (lepton_tasks.settings, MLflow) read.
+# What the DAG (lepton_airflow.settings) and the steps (lepton_tasks.settings, MLflow) read.
 REQUIRED_ENV = [
     "LEPTON_RUNTIME",
     "LEPTON_TASK_IMAGE",
@@ -289,17 +289,17 @@ def test_helm_values_render_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> No
     import sys
 
     sys.path.insert(0, str(REPO / "plugins"))
-    from lepton_airflow.config import RuntimeSettings
-    from lepton_airflow.steps import step
+    from lepton_airflow.operator_factory import step_operator
+    from lepton_airflow.settings import RuntimeSettings
 
     settings = RuntimeSettings()
     assert settings.runtime == "kubernetes"
-    pod = step("train", settings=settings, run_dir="/opt/lepton/runs/x").build_pod_request_obj(
-        dry_run=True
-    )
+    operator = step_operator("train", settings=settings, run_dir="/opt/lepton/runs/x")
+    operator.render_template_fields(context={})
+    pod = operator.build_pod_request_obj(dry_run=True)
     container = pod.spec.containers[0]
     assert container.image == "lepton/task-gpu:0.2.0"
-    assert container.args[:3] == ["train", "--run-dir", "/opt/lepton/runs/x"]
+    assert container.args[:2] == ["train", "--run-dir=/opt/lepton/runs/x"]
     assert container.resources.limits == {"nvidia.com/gpu": "1"}
     env = {e.name: e.value for e in container.env}
     assert env["MLFLOW_TRACKING_URI"].startswith("http://mlflow.lepton")

@@ -12,20 +12,21 @@ import tempfile
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from lepton_tasks import storage, tracking
 from lepton_tasks.data.snapshot import load_split, read_manifest
 from lepton_tasks.errors import InputDataError, UsageError
+from lepton_tasks.models import load_keras, load_registered_keras
 from lepton_tasks.registry import champion_version
 from lepton_tasks.results import (
     ChampionScore,
     EvaluateResult,
     PromotionDecision,
     TrainResult,
-    load_result,
     records_result,
-    step_dir,
 )
+from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,11 @@ METRICS = ("accuracy", "macro_f1")
 def classification_metrics(
     y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]
 ) -> tuple[dict[str, float], np.ndarray]:
+    """Accuracy, macro F1 (over the classes present) and per-class precision and recall.
+
+    Returns:
+        The metrics, and the confusion matrix (rows: true class, columns: predicted).
+    """
     k = len(class_names)
     matrix = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
     true_positive = np.diag(matrix).astype(float)
@@ -57,12 +63,14 @@ def classification_metrics(
 
 
 def predict(model: Any, images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    """The predicted class index of each image (raw 0..255 pixels, with or without channel)."""
     x = images[..., np.newaxis] if images.ndim == 3 else images
     probabilities = model.predict(x.astype(np.float32), batch_size=batch_size, verbose=0)
     return np.asarray(probabilities).argmax(axis=1)
 
 
 def confusion_png(matrix: np.ndarray, class_names: list[str], title: str) -> bytes:
+    """The confusion matrix drawn with its counts, as PNG bytes."""
     import io
 
     import matplotlib
@@ -104,6 +112,14 @@ def decide(
     floor: float,
     force_reason: str | None,
 ) -> PromotionDecision:
+    """The promotion gate on `metric`.
+
+    Promote when forced (with a reason), else when the candidate reaches the floor and, if
+    there is a champion, beats it by at least `min_improvement`.
+
+    Returns:
+        Whether to promote, and the reason in words with both values.
+    """
     value = candidate[metric]
     champion_value = champion[metric] if champion else None
     common = {"metric": metric, "candidate_value": value, "champion_value": champion_value}
@@ -137,98 +153,138 @@ def decide(
     )
 
 
+class EvaluateParams(BaseModel):
+    """The promotion gate: which model's champion to beat, by how much, and the floor."""
+
+    model_name: str
+    metric: str
+    min_improvement: float
+    floor: float
+    force_reason: str | None = None
+
+    @classmethod
+    def with_defaults(cls, **given: Any) -> EvaluateParams:
+        """Params from `given`, the rest (or any None) from LEPTON_* settings."""
+        settings = get_settings()
+        defaults = {
+            "model_name": settings.model_name,
+            "metric": settings.promotion_metric,
+            "min_improvement": settings.min_improvement,
+            "floor": settings.accuracy_floor,
+        }
+        params = cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
+        if params.metric not in METRICS:
+            raise UsageError(
+                f"LEPTON_PROMOTION_METRIC must be one of {METRICS}, not {params.metric}"
+            )
+        return params
+
+    def decide(
+        self, candidate: dict[str, float], champion: dict[str, float] | None
+    ) -> PromotionDecision:
+        """The gate applied to the candidate's and the champion's metrics (see `decide`)."""
+        return decide(
+            candidate, champion, self.metric, self.min_improvement, self.floor, self.force_reason
+        )
+
+
 @records_result
 def evaluate(
+    trained: TrainResult,
     run_dir: str,
-    model_name: str | None = None,
-    snapshot_uri: str | None = None,
-    model_uri: str | None = None,
+    params: EvaluateParams | None = None,
     parent_run_id: str | None = None,
-    min_improvement: float | None = None,
-    floor: float | None = None,
-    force_reason: str | None = None,
 ) -> EvaluateResult:
-    settings = get_settings()
-    model_name = model_name or settings.model_name
-    metric = settings.promotion_metric
-    if metric not in METRICS:
-        raise UsageError(f"LEPTON_PROMOTION_METRIC must be one of {METRICS}, got '{metric}'")
-    min_improvement = settings.min_improvement if min_improvement is None else min_improvement
-    floor = settings.accuracy_floor if floor is None else floor
-    trained = load_result(run_dir, "train", TrainResult)
-    snapshot_uri = snapshot_uri or trained.snapshot_uri
-    model_uri = model_uri or trained.model_uri
+    """Score the candidate and the current champion on the snapshot's test split; decide.
+
+    Args:
+        trained: train's result (the candidate's model file and run, its snapshot).
+        run_dir: the run folder; the confusion matrix goes to its `evaluate/`.
+        params: the gate [default: `EvaluateParams.with_defaults()`].
+        parent_run_id: the MLflow pipeline run to nest under.
+
+    Returns:
+        Both models' test metrics and the decision (promote or not, and why).
+
+    Raises:
+        InputDataError (empty test split), TrackingUnavailableError.
+    """
+    params = params or EvaluateParams.with_defaults()
     tracking.check_tracking()
-
-    manifest = read_manifest(snapshot_uri)
+    manifest, (x_test, y_test) = _test_split(trained.snapshot_uri)
     class_names = manifest["class_names"]
-    x_test, y_test = load_split(snapshot_uri, "test")
-    if len(x_test) == 0:
-        raise InputDataError("the snapshot's test split is empty", where=snapshot_uri)
-
-    from lepton_tasks.models import load_keras
-
-    candidate_metrics, matrix = classification_metrics(
-        y_test, predict(load_keras(model_uri), x_test), class_names
+    candidate, matrix = classification_metrics(
+        y_test, predict(load_keras(trained.model_uri), x_test), class_names
     )
-    out_dir = step_dir(run_dir, "evaluate")
+    folder = RunFolder(run_dir)
+    png = confusion_png(
+        matrix, class_names, f"{params.model_name} candidate on {len(y_test)} test images"
+    )
+    storage.write_bytes(folder.confusion_matrix_uri, png)
     tags = {
         "lepton.snapshot_id": manifest["snapshot_id"],
         "lepton.train_run_id": trained.mlflow_run_id,
     }
     with tracking.step_run("evaluate", parent_run_id, tags=tags) as run:
-        import mlflow
-
-        champion = _score_champion(model_name, x_test, y_test, class_names)
-        decision = decide(
-            candidate_metrics,
-            champion.metrics if champion else None,
-            metric,
-            min_improvement,
-            floor,
-            force_reason,
-        )
-        png = confusion_png(
-            matrix, class_names, f"{model_name} candidate on {len(y_test)} test images"
-        )
-        png_uri = storage.join(out_dir, "confusion_matrix.png")
-        storage.write_bytes(png_uri, png)
-        mlflow.log_metrics({f"test_{k}": v for k, v in candidate_metrics.items()})
-        mlflow.log_params(
-            {
-                "model_name": model_name,
-                "metric": metric,
-                "min_improvement": min_improvement,
-                "floor": floor,
-                "test_examples": len(y_test),
-            }
-        )
-        if champion:
-            mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
-        mlflow.set_tags(
-            {"lepton.promote": str(decision.promote), "lepton.decision": decision.reason}
-        )
-        with tempfile.TemporaryDirectory() as scratch:
-            local = os.path.join(scratch, "confusion_matrix.png")
-            with open(local, "wb") as handle:
-                handle.write(png)
-            mlflow.log_artifact(local)
-        mlflow.log_dict(decision.model_dump(), "decision.json")
+        champion = _score_champion(params.model_name, x_test, y_test, class_names)
+        decision = params.decide(candidate, champion.metrics if champion else None)
+        _log_evaluation(params, len(y_test), candidate, champion, decision, png)
     log.info("decision: %s", decision.reason)
     return EvaluateResult(
         run_dir=run_dir,
-        snapshot_uri=snapshot_uri,
-        model_uri=model_uri,
+        snapshot_uri=trained.snapshot_uri,
+        model_uri=trained.model_uri,
         mlflow_model_uri=trained.mlflow_model_uri,
         mlflow_run_id=run.info.run_id,
         mlflow_experiment_id=run.info.experiment_id,
         train_run_id=trained.mlflow_run_id,
-        model_name=model_name,
-        metrics={k: round(v, 6) for k, v in candidate_metrics.items() if k in METRICS},
+        architecture=trained.architecture,
+        model_name=params.model_name,
+        metrics={k: round(v, 6) for k, v in candidate.items() if k in METRICS},
         champion=champion,
         decision=decision,
-        confusion_matrix_uri=png_uri,
+        confusion_matrix_uri=folder.confusion_matrix_uri,
     )
+
+
+def _test_split(snapshot_uri: str) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
+    manifest = read_manifest(snapshot_uri)
+    x_test, y_test = load_split(snapshot_uri, "test")
+    if len(x_test) == 0:
+        raise InputDataError("the snapshot's test split is empty", where=snapshot_uri)
+    return manifest, (x_test, y_test)
+
+
+def _log_evaluation(
+    params: EvaluateParams,
+    test_examples: int,
+    candidate: dict[str, float],
+    champion: ChampionScore | None,
+    decision: PromotionDecision,
+    confusion_png_bytes: bytes,
+) -> None:
+    """The evaluate run in MLflow: both models' metrics, the gate, the decision, the matrix."""
+    import mlflow
+
+    mlflow.log_metrics({f"test_{k}": v for k, v in candidate.items()})
+    mlflow.log_params(
+        {
+            "model_name": params.model_name,
+            "metric": params.metric,
+            "min_improvement": params.min_improvement,
+            "floor": params.floor,
+            "test_examples": test_examples,
+        }
+    )
+    if champion:
+        mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
+    mlflow.set_tags({"lepton.promote": str(decision.promote), "lepton.decision": decision.reason})
+    with tempfile.TemporaryDirectory() as scratch:
+        local = os.path.join(scratch, "confusion_matrix.png")
+        with open(local, "wb") as handle:
+            handle.write(confusion_png_bytes)
+        mlflow.log_artifact(local)
+    mlflow.log_dict(decision.model_dump(), "decision.json")
 
 
 def _score_champion(
@@ -238,10 +294,9 @@ def _score_champion(
     if version is None:
         log.info("no champion for %s yet", model_name)
         return None
-    import mlflow
-
     with tracking.tracking_errors("loading the champion model"):
-        model = mlflow.keras.load_model(f"models:/{model_name}@champion")
+        # by number: the alias could move between the lookup and the load
+        model = load_registered_keras(f"models:/{model_name}/{version.version}")
     metrics, _ = classification_metrics(y_test, predict(model, x_test), class_names)
     log.info("champion v%s: accuracy %.4f", version.version, metrics["accuracy"])
     return ChampionScore(

@@ -10,112 +10,55 @@ import json
 import logging
 from typing import Any
 
-from lepton_tasks import storage, tracking
+from lepton_tasks import tracking
 from lepton_tasks.data.snapshot import read_manifest
 from lepton_tasks.registry import champion_version, move_champion, shorten
-from lepton_tasks.results import (
-    EvaluateResult,
-    RegisterResult,
-    TrainResult,
-    load_result,
-    records_result,
-)
-from lepton_tasks.settings import get_settings
+from lepton_tasks.results import EvaluateResult, RegisterResult, ValidateResult, records_result
 
 log = logging.getLogger(__name__)
 
 
-def _existing_version(client: Any, model_name: str, run_id: str) -> Any | None:
-    for version in client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'"):
-        return version
-    return None
-
-
 @records_result
 def register(
+    evaluated: EvaluateResult,
     run_dir: str,
+    validation: ValidateResult | None = None,
     model_name: str | None = None,
     parent_run_id: str | None = None,
 ) -> RegisterResult:
+    """Register the evaluated candidate with its lineage; `champion` follows the decision.
+
+    Args:
+        evaluated: evaluate's result: the candidate, its snapshot, metrics and the decision.
+        run_dir: the run folder (recorded on the version).
+        validation: validate's result, recorded on the version.
+        model_name: the registered model [default: the one evaluate compared against].
+        parent_run_id: the MLflow pipeline run, tagged with the new version.
+
+    Returns:
+        The version, its aliases, whether it was promoted and the champion before and after.
+        Registering the same training run twice returns the version it already has.
+
+    Raises:
+        TrackingUnavailableError, RegistryError: MLflow refused or cannot be reached.
+    """
     from mlflow import MlflowClient
 
-    settings = get_settings()
-    evaluated = load_result(run_dir, "evaluate", EvaluateResult)
-    trained = load_result(run_dir, "train", TrainResult)
-    model_name = model_name or evaluated.model_name or settings.model_name
-    manifest = read_manifest(evaluated.snapshot_uri)
-    validation_uri = storage.join(run_dir, "validate", "summary.json")
-    validation = storage.read_json(validation_uri) if storage.exists(validation_uri) else {}
+    model_name = model_name or evaluated.model_name
     tracking.setup()
     client = MlflowClient()
-
     with tracking.tracking_errors("registering the model"):
-        try:
-            client.get_registered_model(model_name)
-        except Exception:
-            client.create_registered_model(
-                model_name, description="Registered by Lepton's register step."
-            )
-        existing = _existing_version(client, model_name, trained.mlflow_run_id)
-        if existing is None:
-            tags = {
-                **_pipeline_tags(client, parent_run_id),
-                "lepton.snapshot_id": manifest["snapshot_id"],
-                "lepton.snapshot_sha256": manifest["sha256"],
-                "lepton.snapshot_uri": evaluated.snapshot_uri,
-                "lepton.snapshot_count": str(manifest["count"]),
-                "lepton.validation": json.dumps(
-                    {k: validation.get(k) for k in ("success", "evaluated", "failed")}
-                ),
-                "lepton.train_run_id": trained.mlflow_run_id,
-                "lepton.evaluate_run_id": evaluated.mlflow_run_id,
-                "lepton.pipeline_run_id": parent_run_id or "",
-                "lepton.run_dir": run_dir,
-                "lepton.architecture": trained.architecture,
-                "lepton.code_version": tracking.code_version(),
-                "lepton.decision": shorten(evaluated.decision.reason),
-                **{f"lepton.metric.{k}": str(v) for k, v in evaluated.metrics.items()},
-            }
-            version = client.create_model_version(
-                name=model_name,
-                source=trained.mlflow_model_uri,
-                run_id=trained.mlflow_run_id,
-                tags=tags,
-                description=_description(manifest, evaluated),
-                # an MLflow server refuses a `models:/<id>` source without its model id
-                model_id=trained.mlflow_model_uri.removeprefix("models:/")
-                if trained.mlflow_model_uri.startswith("models:/")
-                else None,
-            )
-            already = False
-        else:
-            version = existing
-            already = True
-            log.info("run %s is already version %s", trained.mlflow_run_id, version.version)
+        _ensure_registered_model(client, model_name)
+        version, already = _find_or_create_version(
+            client, model_name, evaluated, validation, parent_run_id, run_dir
+        )
         number = str(version.version)
         client.set_registered_model_alias(model_name, "challenger", number)
-
-        previous = champion_version(model_name)
-        previous_number = str(previous.version) if previous else None
-        promoted = evaluated.decision.promote and previous_number != number
-        if promoted:
-            move_champion(
-                client,
-                model_name,
-                number,
-                {
-                    "previous": previous_number,
-                    "by": "pipeline",
-                    "reason": evaluated.decision.reason,
-                    "pipeline_run_id": parent_run_id,
-                },
-            )
-            log.info("champion: v%s (was %s)", number, previous_number or "none")
-        else:
-            log.info("champion stays v%s: %s", previous_number, evaluated.decision.reason)
+        promoted, previous_number = _promote_if_decided(
+            client, model_name, number, evaluated, parent_run_id
+        )
         champion = champion_version(model_name)
         aliases = sorted(client.get_model_version(model_name, number).aliases)
-
     if parent_run_id:
         with tracking.tracking_errors("tagging the pipeline run"):
             client.set_tag(parent_run_id, "lepton.model_version", f"{model_name}/{number}")
@@ -130,6 +73,99 @@ def register(
         already_registered=already,
         metrics=evaluated.metrics,
     )
+
+
+def _promote_if_decided(
+    client: Any,
+    model_name: str,
+    number: str,
+    evaluated: EvaluateResult,
+    parent_run_id: str | None,
+) -> tuple[bool, str | None]:
+    """Move `champion` to `number` if the decision says so: (promoted, previous champion)."""
+    previous = champion_version(model_name)
+    previous_number = str(previous.version) if previous else None
+    if not evaluated.decision.promote or previous_number == number:
+        log.info("champion stays v%s: %s", previous_number, evaluated.decision.reason)
+        return False, previous_number
+    entry = {
+        "previous": previous_number,
+        "by": "pipeline",
+        "reason": evaluated.decision.reason,
+        "pipeline_run_id": parent_run_id,
+    }
+    move_champion(client, model_name, number, entry)
+    log.info("champion: v%s (was %s)", number, previous_number or "none")
+    return True, previous_number
+
+
+def _ensure_registered_model(client: Any, model_name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(
+            model_name, description="Registered by Lepton's register step."
+        )
+
+
+def _find_or_create_version(
+    client: Any,
+    model_name: str,
+    evaluated: EvaluateResult,
+    validation: ValidateResult | None,
+    parent_run_id: str | None,
+    run_dir: str,
+) -> tuple[Any, bool]:
+    """The version of the candidate's training run: (version, whether it already existed)."""
+    run_id = evaluated.train_run_id
+    for version in client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'"):
+        log.info("run %s is already version %s", run_id, version.version)
+        return version, True
+    manifest = read_manifest(evaluated.snapshot_uri)
+    source = evaluated.mlflow_model_uri
+    version = client.create_model_version(
+        name=model_name,
+        source=source,
+        run_id=run_id,
+        tags={
+            **_pipeline_tags(client, parent_run_id),
+            **_lineage_tags(manifest, evaluated, validation, parent_run_id, run_dir),
+        },
+        description=_description(manifest, evaluated),
+        # an MLflow server refuses a `models:/<id>` source without its model id
+        model_id=source.removeprefix("models:/") if source.startswith("models:/") else None,
+    )
+    return version, False
+
+
+def _lineage_tags(
+    manifest: dict[str, Any],
+    evaluated: EvaluateResult,
+    validation: ValidateResult | None,
+    parent_run_id: str | None,
+    run_dir: str,
+) -> dict[str, str]:
+    """Where the version came from: snapshot, validation, runs, code, decision, metrics."""
+    checked = (
+        {"success": validation.success, "evaluated": validation.evaluated} if validation else {}
+    )
+    return {
+        "lepton.snapshot_id": manifest["snapshot_id"],
+        "lepton.snapshot_sha256": manifest["sha256"],
+        "lepton.snapshot_uri": evaluated.snapshot_uri,
+        "lepton.snapshot_count": str(manifest["count"]),
+        "lepton.validation": json.dumps(checked),
+        "lepton.train_run_id": evaluated.train_run_id,
+        "lepton.evaluate_run_id": evaluated.mlflow_run_id,
+        "lepton.pipeline_run_id": parent_run_id or "",
+        "lepton.run_dir": run_dir,
+        "lepton.architecture": evaluated.architecture,
+        "lepton.code_version": tracking.code_version(),
+        "lepton.decision": shorten(evaluated.decision.reason),
+        **{f"lepton.metric.{k}": str(v) for k, v in evaluated.metrics.items()},
+    }
 
 
 def _pipeline_tags(client: Any, parent_run_id: str | None) -> dict[str, str]:

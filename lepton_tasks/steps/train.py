@@ -22,13 +22,16 @@ from pydantic import BaseModel
 from lepton_tasks import storage, tracking
 from lepton_tasks.data.snapshot import load_split, read_manifest
 from lepton_tasks.errors import InputDataError, TrainingError, UsageError
-from lepton_tasks.models import DEFAULT_ARCHITECTURE, get_architecture
-from lepton_tasks.results import IngestResult, TrainResult, load_result, records_result, step_dir
+from lepton_tasks.models import DEFAULT_ARCHITECTURE, get_architecture, save_keras
+from lepton_tasks.results import TrainResult, records_result
+from lepton_tasks.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
 
 class TrainParams(BaseModel):
+    """How to train: the architecture, its schedule and the devices (the train CLI's options)."""
+
     architecture: str = DEFAULT_ARCHITECTURE
     epochs: int | None = None  # None: auto_epochs(); the cosine schedule spans them
     batch_size: int = 64
@@ -51,12 +54,14 @@ MIN_EPOCHS = 5
 
 
 def auto_epochs(steps_per_epoch: int) -> int:
+    """Epochs enough for MIN_STEPS optimizer steps, at least MIN_EPOCHS."""
     return max(MIN_EPOCHS, math.ceil(MIN_STEPS / max(steps_per_epoch, 1)))
 
 
 def make_dataset(
     images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, training: bool
 ) -> Any:
+    """A cached, batched, prefetched `tf.data` pipeline; shuffled (seeded) for training."""
     import tensorflow as tf
 
     dataset = tf.data.Dataset.from_tensor_slices((_with_channels(images), labels.astype(np.int32)))
@@ -93,6 +98,7 @@ class EpochReporter:
     """One log line per epoch (no progress bars in task logs) and per-epoch MLflow metrics."""
 
     def __init__(self, epochs: int) -> None:
+        """A reporter for a fit of `epochs` epochs; its Keras callback is `self.callback`."""
         import keras
 
         reporter = self
@@ -120,7 +126,6 @@ class EpochReporter:
                 if any(math.isnan(v) for v in logs.values()):
                     raise TrainingError(f"training diverged: NaN metric at epoch {epoch + 1}")
                 took = time.perf_counter() - reporter.epoch_started
-                reporter.epochs_run = epoch + 1
                 if reporter.interactive:
                     sys.stderr.write("\r")
                 log.info(
@@ -136,54 +141,76 @@ class EpochReporter:
         self.interactive = sys.stderr.isatty()
         self.epoch = 0
         self.initial_epoch = 0
-        self.epochs_run = 0
         self.started = self.epoch_started = time.perf_counter()
 
 
-def _train_inputs(run_dir: str, snapshot_uri: str | None) -> str:
-    if snapshot_uri is None:
-        snapshot_uri = load_result(run_dir, "ingest", IngestResult).snapshot_uri
-    return snapshot_uri
+class Schedule(BaseModel):
+    """How long and how fast to train, resolved from the params and the data size."""
+
+    epochs: int
+    steps_per_epoch: int
+    learning_rate: float
 
 
-def _finished(out_dir: str, params: TrainParams) -> TrainResult | None:
-    params_uri = storage.join(out_dir, "params.json")
-    done = storage.join(out_dir, "result.json")
-    if not (storage.exists(done) and storage.exists(params_uri)):
-        return None
-    if storage.read_json(params_uri) != params.model_dump():
-        return None
-    log.info("this run already trained with the same settings; reusing its model")
-    return TrainResult.model_validate(storage.read_json(done))
+def resolve_schedule(params: TrainParams, train_examples: int, default_rate: float) -> Schedule:
+    """Epochs (params' or `auto_epochs`), steps per epoch and the peak learning rate."""
+    steps_per_epoch = math.ceil(train_examples / params.batch_size)
+    return Schedule(
+        epochs=params.epochs or auto_epochs(steps_per_epoch),
+        steps_per_epoch=steps_per_epoch,
+        learning_rate=params.learning_rate or default_rate,
+    )
 
 
-@records_result
-def train(
-    run_dir: str,
-    snapshot_uri: str | None = None,
-    params: TrainParams | None = None,
-    parent_run_id: str | None = None,
-) -> TrainResult:
-    params = params or TrainParams()
-    architecture = get_architecture(params.architecture)
-    if (params.epochs is not None and params.epochs < 1) or params.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
-    snapshot_uri = _train_inputs(run_dir, snapshot_uri)
-    out_dir = step_dir(run_dir, "train")
-    if (previous := _finished(out_dir, params)) is not None:
-        return previous
-    tracking.check_tracking()
+def load_training_data(
+    snapshot_uri: str,
+) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The snapshot's manifest, train split and val split.
 
+    A snapshot without a val split gives the last tenth of its train split.
+    """
     manifest = read_manifest(snapshot_uri)
     x_train, y_train = load_split(snapshot_uri, "train")
     x_val, y_val = load_split(snapshot_uri, "val")
     if len(x_train) == 0:
         raise InputDataError("the snapshot's train split is empty", where=snapshot_uri)
-    if len(x_val) == 0:  # no val split configured: hold out the last tenth of train
+    if len(x_val) == 0:
         cut = max(1, len(x_train) // 10)
         x_train, x_val = x_train[:-cut], x_train[-cut:]
         y_train, y_val = y_train[:-cut], y_train[-cut:]
+    return manifest, (x_train, y_train), (x_val, y_val)
 
+
+def build_and_compile(
+    params: TrainParams, schedule: Schedule, input_shape: tuple[int, ...], num_classes: int
+) -> tuple[Any, str, bool]:
+    """The architecture built and compiled under the device strategy, with a cosine schedule.
+
+    Returns the model, the device it trains on, and whether mixed precision is on.
+    """
+    import keras
+
+    strategy, device, mixed = configure_devices(params)
+    with strategy.scope():
+        model = get_architecture(params.architecture).build(input_shape, num_classes)
+        decay = keras.optimizers.schedules.CosineDecay(
+            schedule.learning_rate,
+            decay_steps=schedule.steps_per_epoch * schedule.epochs,
+            alpha=0.05,
+        )
+        model.compile(
+            optimizer=keras.optimizers.Adam(decay),
+            loss="sparse_categorical_crossentropy",
+            metrics=["accuracy"],
+            jit_compile={"auto": "auto", "on": True, "off": False}[params.jit_compile],
+            # several batches per graph call: less Python overhead per step for small models
+            steps_per_execution=min(32, schedule.steps_per_epoch),
+        )
+    return model, device, mixed
+
+
+def _quiet_keras(params: TrainParams) -> None:
+    """Seeded, deterministic if asked, and no progress bars on stdout."""
     import keras
     import tensorflow as tf
 
@@ -194,124 +221,228 @@ def train(
     keras.utils.set_random_seed(params.seed)
     if params.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy, device, mixed = configure_devices(params)
-    num_classes = len(manifest["class_names"])
-    input_shape = tuple(_with_channels(x_train[:1]).shape[1:])
-    learning_rate = params.learning_rate or architecture.learning_rate
-    steps_per_epoch = math.ceil(len(x_train) / params.batch_size)
-    epochs = params.epochs or auto_epochs(steps_per_epoch)
-    with strategy.scope():
-        model = architecture.build(input_shape, num_classes)
-        schedule = keras.optimizers.schedules.CosineDecay(
-            learning_rate, decay_steps=steps_per_epoch * epochs, alpha=0.05
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(schedule),
-            loss="sparse_categorical_crossentropy",
-            metrics=["accuracy"],
-            jit_compile={"auto": "auto", "on": True, "off": False}[params.jit_compile],
-            # several batches per graph call: less Python overhead per step for small models
-            steps_per_execution=min(32, steps_per_epoch),
-        )
-    train_ds = make_dataset(x_train, y_train, params.batch_size, params.seed, training=True)
-    val_ds = make_dataset(x_val, y_val, params.batch_size, params.seed, training=False)
 
-    backup_dir = (
-        storage.join(out_dir, "backup")
-        if storage.is_local(out_dir)
-        else os.path.join(tempfile.gettempdir(), "lepton-backup", manifest["snapshot_id"])
+
+def _finished(folder: RunFolder, params: TrainParams) -> TrainResult | None:
+    previous = folder.saved_result("train", TrainResult)
+    if previous is None or not storage.exists(folder.training_params_uri):
+        return None
+    if storage.read_json(folder.training_params_uri) != params.model_dump():
+        return None
+    log.info("this run already trained with the same settings; reusing its model")
+    return previous
+
+
+def _backup_dir(folder: RunFolder, snapshot_id: str) -> str:
+    """Where Keras' per-epoch backup goes.
+
+    A local run folder keeps it; a remote one gets a local scratch folder, since Keras writes
+    its checkpoints with plain file I/O.
+    """
+    if storage.is_local(folder.uri):
+        return folder.training_backup_uri
+    return os.path.join(tempfile.gettempdir(), "lepton-backup", snapshot_id)
+
+
+def _resume_run_id(folder: RunFolder, backup_dir: str) -> str | None:
+    """The MLflow run of an interrupted try, to continue it rather than open a second one."""
+    if storage.exists(folder.training_run_id_uri) and storage.exists(backup_dir):
+        return storage.open_uri(folder.training_run_id_uri, "rb").read().decode().strip()
+    return None
+
+
+@records_result
+def train(
+    snapshot_uri: str,
+    run_dir: str,
+    params: TrainParams | None = None,
+    parent_run_id: str | None = None,
+) -> TrainResult:
+    """Train `params.architecture` on the snapshot's train split, in an MLflow run.
+
+    Args:
+        snapshot_uri: the snapshot to train on (validate's `snapshot_uri`).
+        run_dir: the run folder; the model, its backup and params go to its `train/`.
+        params: architecture, epochs, batch size, learning rate, patience, seed, devices.
+        parent_run_id: the MLflow pipeline run to nest under.
+
+    Returns:
+        The model's file and MLflow URIs, its run, the best epoch's metrics and the speed. A
+        finished run re-run with the same params returns its result; an interrupted one resumes.
+
+    Raises:
+        UsageError, InputDataError, TrainingError (NaN, no epoch), TrackingUnavailableError.
+    """
+    params = params or TrainParams()
+    architecture = get_architecture(params.architecture)
+    if (params.epochs is not None and params.epochs < 1) or params.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
+    folder = RunFolder(run_dir)
+    if (previous := _finished(folder, params)) is not None:
+        return previous
+    tracking.check_tracking()
+    manifest, train_split, val_split = load_training_data(snapshot_uri)
+    _quiet_keras(params)
+    schedule = resolve_schedule(params, len(train_split[0]), architecture.learning_rate)
+    input_shape = tuple(_with_channels(train_split[0][:1]).shape[1:])
+    model, device, mixed = build_and_compile(
+        params, schedule, input_shape, len(manifest["class_names"])
     )
-    run_id_uri = storage.join(out_dir, "mlflow_run_id")
-    resume_run_id = (
-        storage.open_uri(run_id_uri, "rb").read().decode().strip()
-        if storage.exists(run_id_uri) and storage.exists(backup_dir)
-        else None
-    )
-    reporter = EpochReporter(epochs)
+    backup_dir = _backup_dir(folder, manifest["snapshot_id"])
+    resume_run_id = _resume_run_id(folder, backup_dir)
     tags = {"lepton.snapshot_id": manifest["snapshot_id"], "lepton.run_dir": run_dir}
     with tracking.step_run("train", parent_run_id, run_id=resume_run_id, tags=tags) as run:
-        import mlflow
-
-        storage.write_bytes(run_id_uri, run.info.run_id.encode())
+        storage.write_bytes(folder.training_run_id_uri, run.info.run_id.encode())
         if resume_run_id is None:
-            mlflow.log_params(
-                {
-                    **params.model_dump(),
-                    "epochs": epochs,
-                    "learning_rate": learning_rate,
-                    "device": device,
-                    "mixed_precision_active": mixed,
-                    "train_examples": len(x_train),
-                    "val_examples": len(x_val),
-                    "snapshot_uri": snapshot_uri,
-                }
-            )
-        callbacks = [
-            keras.callbacks.BackupAndRestore(backup_dir),
-            reporter.callback,
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=params.patience, restore_best_weights=True
-            ),
-        ]
-        started = time.perf_counter()
-        log.info(
-            "training %s on %d examples (%s, batch %d, lr %g)",
-            params.architecture,
-            len(x_train),
-            device,
-            params.batch_size,
-            learning_rate,
-        )
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=epochs,
-            callbacks=callbacks,
-            shuffle=False,  # the dataset shuffles itself, seeded
-            verbose=0,
-        )
-        train_seconds = time.perf_counter() - started
-        val_losses = history.history.get("val_loss", [])
-        if not val_losses:
-            raise TrainingError("training ran no epoch (was the backup from a finished run?)")
-        best = int(np.argmin(val_losses))
-        metrics = {
-            "val_loss": float(val_losses[best]),
-            "val_accuracy": float(history.history["val_accuracy"][best]),
-            "train_accuracy": float(history.history["accuracy"][best]),
-        }
-        images_per_second = len(x_train) * len(val_losses) / train_seconds
-        mlflow.log_metrics(
-            {
-                "best_val_loss": metrics["val_loss"],
-                "best_val_accuracy": metrics["val_accuracy"],
-                "train_seconds": train_seconds,
-                "images_per_second": images_per_second,
-            }
-        )
-        mlflow.log_figure(learning_curves(history.history), "learning_curves.png")
-        model_uri = storage.join(out_dir, "model.keras")
-        _save_keras(model, model_uri)
-        mlflow_model_uri = _log_model(model, x_val[:5])
+            _log_params(params, schedule, device, mixed, snapshot_uri, train_split, val_split)
+        fitted = fit(model, train_split, val_split, schedule, params, backup_dir)
+        _log_fit(fitted)
+        save_keras(model, folder.model_file_uri)
         result = TrainResult(
             run_dir=run_dir,
             snapshot_uri=snapshot_uri,
-            model_uri=model_uri,
-            mlflow_model_uri=mlflow_model_uri,
+            model_uri=folder.model_file_uri,
+            mlflow_model_uri=_log_model(model, val_split[0][:5]),
             mlflow_run_id=run.info.run_id,
             mlflow_experiment_id=run.info.experiment_id,
             architecture=params.architecture,
-            epochs_run=reporter.initial_epoch + len(val_losses),
-            best_epoch=reporter.initial_epoch + best + 1,
-            metrics=metrics,
-            train_seconds=round(train_seconds, 3),
-            images_per_second=round(images_per_second, 1),
-            resumed_from_epoch=reporter.initial_epoch,
             device=device,
+            **fitted.result_fields(),
         )
-    storage.write_json(storage.join(out_dir, "params.json"), params.model_dump())
-    log.info("trained: %s", json.dumps(metrics))
+    storage.write_json(folder.training_params_uri, params.model_dump())
+    log.info("trained: %s", json.dumps(fitted.metrics))
     return result
+
+
+Split = tuple[np.ndarray, np.ndarray]
+
+
+def _log_params(
+    params: TrainParams,
+    schedule: Schedule,
+    device: str,
+    mixed: bool,
+    snapshot_uri: str,
+    train_split: Split,
+    val_split: Split,
+) -> None:
+    import mlflow
+
+    mlflow.log_params(
+        {
+            **params.model_dump(),
+            "epochs": schedule.epochs,
+            "learning_rate": schedule.learning_rate,
+            "device": device,
+            "mixed_precision_active": mixed,
+            "train_examples": len(train_split[0]),
+            "val_examples": len(val_split[0]),
+            "snapshot_uri": snapshot_uri,
+        }
+    )
+    log.info(
+        "training %s on %d examples (%s, batch %d, lr %g)",
+        params.architecture,
+        len(train_split[0]),
+        device,
+        params.batch_size,
+        schedule.learning_rate,
+    )
+
+
+class Fitted(BaseModel):
+    """What one `model.fit` call gave: the history, its best epoch, its speed."""
+
+    history: dict[str, list[float]]
+    initial_epoch: int
+    best: int
+    seconds: float
+    images_per_second: float
+
+    @property
+    def epochs_this_try(self) -> int:
+        """Epochs run by this call (not counting those restored from a backup)."""
+        return len(self.history["val_loss"])
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """Validation loss and accuracy and train accuracy at the best epoch."""
+        return {
+            "val_loss": self.history["val_loss"][self.best],
+            "val_accuracy": self.history["val_accuracy"][self.best],
+            "train_accuracy": self.history["accuracy"][self.best],
+        }
+
+    def result_fields(self) -> dict[str, Any]:
+        """The fields of `TrainResult` this fit decides."""
+        return {
+            "epochs_run": self.initial_epoch + self.epochs_this_try,
+            "best_epoch": self.initial_epoch + self.best + 1,
+            "metrics": self.metrics,
+            "train_seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 1),
+            "resumed_from_epoch": self.initial_epoch,
+        }
+
+
+def fit(
+    model: Any,
+    train_split: Split,
+    val_split: Split,
+    schedule: Schedule,
+    params: TrainParams,
+    backup_dir: str,
+) -> Fitted:
+    """Fit the compiled model on the two splits.
+
+    With a per-epoch backup (an interrupted try resumes), early stopping on val loss (best
+    weights restored), and one log line and MLflow metrics per epoch.
+    """
+    import keras
+
+    reporter = EpochReporter(schedule.epochs)
+    callbacks = [
+        keras.callbacks.BackupAndRestore(backup_dir),
+        reporter.callback,
+        keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=params.patience, restore_best_weights=True
+        ),
+    ]
+    started = time.perf_counter()
+    history = model.fit(
+        make_dataset(*train_split, params.batch_size, params.seed, training=True),
+        validation_data=make_dataset(*val_split, params.batch_size, params.seed, training=False),
+        epochs=schedule.epochs,
+        callbacks=callbacks,
+        shuffle=False,  # the dataset shuffles itself, seeded
+        verbose=0,
+    )
+    seconds = time.perf_counter() - started
+    curves = {k: [float(v) for v in values] for k, values in history.history.items()}
+    if not curves.get("val_loss"):
+        raise TrainingError("training ran no epoch (was the backup from a finished run?)")
+    epochs_this_try = len(curves["val_loss"])
+    return Fitted(
+        history=curves,
+        initial_epoch=reporter.initial_epoch,
+        best=int(np.argmin(curves["val_loss"])),
+        seconds=seconds,
+        images_per_second=len(train_split[0]) * epochs_this_try / seconds,
+    )
+
+
+def _log_fit(fitted: Fitted) -> None:
+    import mlflow
+
+    mlflow.log_metrics(
+        {
+            "best_val_loss": fitted.metrics["val_loss"],
+            "best_val_accuracy": fitted.metrics["val_accuracy"],
+            "train_seconds": fitted.seconds,
+            "images_per_second": fitted.images_per_second,
+        }
+    )
+    mlflow.log_figure(learning_curves(fitted.history), "learning_curves.png")
 
 
 def learning_curves(history: dict[str, list[float]]) -> Any:
@@ -332,17 +463,6 @@ def learning_curves(history: dict[str, list[float]]) -> Any:
     figure.tight_layout()
     plt.close(figure)
     return figure
-
-
-def _save_keras(model: Any, uri: str) -> None:
-    if storage.is_local(uri):
-        storage.makedirs(uri.rsplit("/", 1)[0])
-        model.save(uri.removeprefix("file://"))
-        return
-    with tempfile.TemporaryDirectory() as scratch:
-        local = os.path.join(scratch, "model.keras")
-        model.save(local)
-        storage.copy_tree(local, uri)
 
 
 def _log_model(model: Any, example: np.ndarray) -> str:

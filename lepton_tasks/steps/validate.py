@@ -23,7 +23,8 @@ from lepton_tasks import storage
 from lepton_tasks.data.snapshot import SPLITS, iter_shards, read_manifest
 from lepton_tasks.errors import DataValidationError
 from lepton_tasks.quarantine import quarantine_bad_data
-from lepton_tasks.results import FailedExpectation, ValidateResult, records_result, step_dir
+from lepton_tasks.results import ValidateResult, records_result
+from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ SUITE_NAME = "lepton_snapshot"
 
 
 def example_table(snapshot_uri: str) -> pd.DataFrame:
+    """One row per example: split, label, shape, pixel statistics, content hash, batch."""
     manifest = read_manifest(snapshot_uri)
     class_names = np.asarray(manifest["class_names"], dtype=object)
     batch_names = np.asarray([b["name"] for b in manifest["batches"]] or ["source"], dtype=object)
@@ -67,15 +69,39 @@ def build_suite(
     *,
     whole_snapshot: bool = True,
 ) -> Any:
+    """The expectation suite for a table of `n_rows` examples of the snapshot in `manifest`.
+
+    With `whole_snapshot=False` (one batch of several) the per-split counts are left out; with
+    a `reference` manifest the drift checks are added. Call it inside `run_suite`: GE 1.x builds
+    expectations against an active context.
+    """
+    import great_expectations as gx
+
+    classes = list(manifest["class_names"])
+    expectations = _example_expectations(manifest, settings)
+    if whole_snapshot:
+        expectations += _split_expectations(settings)
+    expectations += _class_share_expectations(classes, n_rows, settings)
+    if reference is not None:
+        expectations += _drift_expectations(classes, reference, settings)
+    suite = gx.ExpectationSuite(name=SUITE_NAME)
+    for expectation in expectations:
+        suite.add_expectation(expectation)
+    return suite
+
+
+def _example_expectations(manifest: dict[str, Any], settings: Settings) -> list[Any]:
+    """Per-example checks: labels, shape, pixel range, blanks, missing values, duplicates."""
     import great_expectations as gx
 
     E = gx.expectations
-    classes = list(manifest["class_names"])
     height, width = manifest["image_shape"][:2]
-    expectations = [
+    return [
         E.ExpectTableRowCountToBeBetween(min_value=1, meta={"check": "examples in total"}),
         E.ExpectColumnValuesToBeInSet(
-            column="label", value_set=classes, meta={"check": "labels in the class set"}
+            column="label",
+            value_set=list(manifest["class_names"]),
+            meta={"check": "labels in the class set"},
         ),
         E.ExpectColumnValuesToBeInSet(
             column="height", value_set=[height], meta={"check": "image height"}
@@ -102,57 +128,69 @@ def build_suite(
             meta={"check": f"duplicate rate (at most {settings.max_duplicate_rate:.0%})"},
         ),
     ]
-    if whole_snapshot:
-        for split in SPLITS:
-            if split == "val" and settings.val_fraction == 0:
-                continue
-            expectations.append(
-                E.ExpectTableRowCountToBeBetween(
-                    min_value=settings.min_examples_per_split,
-                    row_condition=f'split=="{split}"',
-                    condition_parser="pandas",
-                    meta={"check": f"examples in split '{split}'"},
-                )
-            )
+
+
+def _split_expectations(settings: Settings) -> list[Any]:
+    """Enough examples in each split (val only when one is configured)."""
+    import great_expectations as gx
+
+    return [
+        gx.expectations.ExpectTableRowCountToBeBetween(
+            min_value=settings.min_examples_per_split,
+            row_condition=f'split=="{split}"',
+            condition_parser="pandas",
+            meta={"check": f"examples in split '{split}'"},
+        )
+        for split in SPLITS
+        if not (split == "val" and settings.val_fraction == 0)
+    ]
+
+
+def _class_share_expectations(classes: list[str], n_rows: int, settings: Settings) -> list[Any]:
+    """Class balance: each class's share of the rows within the configured bounds."""
+    import great_expectations as gx
+
     low = math.floor(settings.min_class_share * n_rows)
     high = math.ceil(settings.max_class_share * n_rows)
-    for name in classes:
-        expectations.append(
-            E.ExpectTableRowCountToBeBetween(
-                min_value=low,
-                max_value=high,
-                row_condition=f'label=="{name}"',
-                condition_parser="pandas",
-                meta={
-                    "check": f"class '{name}' share between {settings.min_class_share:.0%} and "
-                    f"{settings.max_class_share:.0%} of {n_rows}"
-                },
-            )
+    return [
+        gx.expectations.ExpectTableRowCountToBeBetween(
+            min_value=low,
+            max_value=high,
+            row_condition=f'label=="{name}"',
+            condition_parser="pandas",
+            meta={
+                "check": f"class '{name}' share between {settings.min_class_share:.0%} and "
+                f"{settings.max_class_share:.0%} of {n_rows}"
+            },
         )
-    if reference is not None:
-        counts = np.asarray([reference["label_counts"].get(c, 0) for c in classes], dtype=float)
-        weights = (counts + 1.0) / (counts + 1.0).sum()  # smoothed: no infinite divergence
-        expectations.append(
-            E.ExpectColumnKLDivergenceToBeLessThan(
-                column="label",
-                partition_object={"values": classes, "weights": weights.tolist()},
-                threshold=settings.max_label_kl_divergence,
-                meta={"check": f"label drift vs snapshot {reference['snapshot_id']} (KL)"},
-            )
-        )
-        mean = reference["pixel_mean"]
-        expectations.append(
-            E.ExpectColumnMeanToBeBetween(
-                column="pixel_mean",
-                min_value=mean - settings.max_pixel_mean_shift,
-                max_value=mean + settings.max_pixel_mean_shift,
-                meta={"check": f"pixel intensity drift vs snapshot {reference['snapshot_id']}"},
-            )
-        )
-    suite = gx.ExpectationSuite(name=SUITE_NAME)
-    for expectation in expectations:
-        suite.add_expectation(expectation)
-    return suite
+        for name in classes
+    ]
+
+
+def _drift_expectations(
+    classes: list[str], reference: dict[str, Any], settings: Settings
+) -> list[Any]:
+    """Label distribution (KL divergence) and pixel intensity against the reference snapshot."""
+    import great_expectations as gx
+
+    E = gx.expectations
+    counts = np.asarray([reference["label_counts"].get(c, 0) for c in classes], dtype=float)
+    weights = (counts + 1.0) / (counts + 1.0).sum()  # smoothed: no infinite divergence
+    mean = reference["pixel_mean"]
+    return [
+        E.ExpectColumnKLDivergenceToBeLessThan(
+            column="label",
+            partition_object={"values": classes, "weights": weights.tolist()},
+            threshold=settings.max_label_kl_divergence,
+            meta={"check": f"label drift vs snapshot {reference['snapshot_id']} (KL)"},
+        ),
+        E.ExpectColumnMeanToBeBetween(
+            column="pixel_mean",
+            min_value=mean - settings.max_pixel_mean_shift,
+            max_value=mean + settings.max_pixel_mean_shift,
+            meta={"check": f"pixel intensity drift vs snapshot {reference['snapshot_id']}"},
+        ),
+    ]
 
 
 def _context(docs_dir: str | None) -> Any:
@@ -203,6 +241,7 @@ def run_suite(
 
 
 def describe(result: Any, batch: str | None = None) -> list[dict[str, Any]]:
+    """Each expectation of a GE validation result as a row: check, success, observed, expected."""
     rows = []
     for item in result.results:
         config = item.expectation_config
@@ -243,80 +282,105 @@ def _short(value: Any) -> str:
 
 @records_result
 def validate(
+    snapshot_uri: str,
     run_dir: str,
-    snapshot_uri: str | None = None,
     reference_uri: str | None = None,
     data_docs: bool = True,
     model_name: str | None = None,
 ) -> ValidateResult:
-    from lepton_tasks.results import IngestResult, load_result
+    """Check a snapshot with the expectation suite, and for drift against a reference.
 
+    Args:
+        snapshot_uri: the snapshot to check (ingest's `snapshot_uri`).
+        run_dir: the run folder; the summary and Data Docs go to its `validate/`.
+        reference_uri: a snapshot to check drift against; "champion" for the one the current
+            champion of `model_name` was trained on (no drift checks when there is none).
+        data_docs: build the HTML Data Docs.
+        model_name: whose champion is the reference [default: LEPTON_MODEL_NAME].
+
+    Returns:
+        The snapshot checked, how many expectations passed, and the summary's URI.
+
+    Raises:
+        DataValidationError: names each failed expectation with its observed value; the
+            batches that fail on their own are quarantined.
+    """
     settings = get_settings()
-    if snapshot_uri is None:
-        snapshot_uri = load_result(run_dir, "ingest", IngestResult).snapshot_uri
     manifest = read_manifest(snapshot_uri)
     if reference_uri == "champion":
         reference_uri = champion_snapshot(model_name or settings.model_name)
     reference = read_manifest(reference_uri) if reference_uri else None
-    out_dir = step_dir(run_dir, "validate")
-
+    folder = RunFolder(run_dir)
     table = example_table(snapshot_uri)
-    with tempfile.TemporaryDirectory() as scratch:
-        docs_dir = os.path.join(scratch, "data_docs") if data_docs else None
-        result = run_suite(
-            table, lambda: build_suite(len(table), manifest, settings, reference), docs_dir
-        )
-        docs_uri = None
-        if docs_dir and os.path.isdir(docs_dir):
-            docs_uri = storage.join(out_dir, "data_docs")
-            storage.copy_tree(docs_dir, docs_uri)
-            docs_uri = storage.join(docs_uri, "index.html")
-
-    checks = describe(result)
+    checks, docs_uri = _check(table, manifest, settings, reference, folder if data_docs else None)
     failed = [c for c in checks if not c["success"]]
     quarantined: list[str] = []
     if failed:
         failed += _failing_batches(table, manifest, settings, reference)
         quarantined = _quarantine_failing(manifest, failed)
-    summary_uri = storage.join(out_dir, "summary.json")
-    storage.write_json(
-        summary_uri,
-        {
-            "snapshot_id": manifest["snapshot_id"],
-            "success": not failed,
-            "evaluated": len(checks),
-            "failed": len([c for c in checks if not c["success"]]),
-            "checks": checks + [c for c in failed if c["batch"]],
-            "reference_snapshot_id": reference["snapshot_id"] if reference else None,
-            "data_docs": docs_uri,
-            "quarantined": quarantined,
-        },
-    )
+    summary = {
+        "snapshot_id": manifest["snapshot_id"],
+        "success": not failed,
+        "evaluated": len(checks),
+        "failed": len([c for c in checks if not c["success"]]),
+        "checks": checks + [c for c in failed if c["batch"]],
+        "reference_snapshot_id": reference["snapshot_id"] if reference else None,
+        "data_docs": docs_uri,
+        "quarantined": quarantined,
+    }
+    storage.write_json(folder.validation_summary_uri, summary)
     if failed:
-        lines = "; ".join(
-            f"{c['check']}{' in batch ' + c['batch'] if c['batch'] else ''}: observed "
-            f"{c['observed']}, expected {c['expected']}"
-            for c in failed
-        )
-        note = f"; quarantined {', '.join(quarantined)}" if quarantined else ""
-        raise DataValidationError(
-            f"{len([c for c in failed if not c['batch']])} of {len(checks)} expectations failed "
-            f"on snapshot {manifest['snapshot_id']}: {lines}{note}",
-            failures=failed,
-            where=summary_uri,
-        )
+        raise _validation_error(manifest, checks, failed, quarantined, folder)
     return ValidateResult(
         run_dir=run_dir,
         snapshot_uri=snapshot_uri,
         snapshot_id=manifest["snapshot_id"],
         success=True,
         evaluated=len(checks),
-        failed=[
-            FailedExpectation(**{k: c[k] for k in FailedExpectation.model_fields}) for c in failed
-        ],
-        summary_uri=summary_uri,
+        summary_uri=folder.validation_summary_uri,
         data_docs_uri=docs_uri,
         reference_snapshot_id=reference["snapshot_id"] if reference else None,
+    )
+
+
+def _check(
+    table: pd.DataFrame,
+    manifest: dict[str, Any],
+    settings: Settings,
+    reference: dict[str, Any] | None,
+    docs_folder: RunFolder | None,
+) -> tuple[list[dict[str, Any]], str | None]:
+    """Run the whole-snapshot suite; with a folder, also build its Data Docs there."""
+    with tempfile.TemporaryDirectory() as scratch:
+        docs_dir = os.path.join(scratch, "data_docs") if docs_folder else None
+        result = run_suite(
+            table, lambda: build_suite(len(table), manifest, settings, reference), docs_dir
+        )
+        docs_uri = None
+        if docs_folder and docs_dir and os.path.isdir(docs_dir):
+            storage.copy_tree(docs_dir, docs_folder.data_docs_uri)
+            docs_uri = storage.join(docs_folder.data_docs_uri, "index.html")
+    return describe(result), docs_uri
+
+
+def _validation_error(
+    manifest: dict[str, Any],
+    checks: list[dict[str, Any]],
+    failed: list[dict[str, Any]],
+    quarantined: list[str],
+    folder: RunFolder,
+) -> DataValidationError:
+    lines = "; ".join(
+        f"{c['check']}{' in batch ' + c['batch'] if c['batch'] else ''}: observed "
+        f"{c['observed']}, expected {c['expected']}"
+        for c in failed
+    )
+    note = f"; quarantined {', '.join(quarantined)}" if quarantined else ""
+    return DataValidationError(
+        f"{len([c for c in failed if not c['batch']])} of {len(checks)} expectations failed "
+        f"on snapshot {manifest['snapshot_id']}: {lines}{note}",
+        failures=failed,
+        where=folder.validation_summary_uri,
     )
 
 

@@ -17,9 +17,9 @@ from typing import Any
 
 from airflow.sdk import BaseNotifier
 
-from lepton_airflow.config import runtime_settings
 from lepton_airflow.connections import alert_webhook_url
-from lepton_airflow.links import PIPELINE_TASK, mlflow_run_url
+from lepton_airflow.settings import runtime_settings
+from lepton_airflow.ui.links import PIPELINE_TASK, mlflow_run_url
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-import tests.dags.conftest  # noqa: F401  Airflow's private home, set before Airflow is imported
+import tests.airflow_env  # noqa: F401  Airflow's private home, set before Airflow is imported
+from tests.airflow_env import airflow_db, fresh_runtime_settings  # noqa: F401  fixtures
 from tests.containers.stack import (
     MLFLOW_IMAGE,
     TASK_IMAGE,
@@ -19,7 +20,6 @@ from tests.containers.stack import (
     engine_reachable,
     image_exists,
 )
-from tests.dags.conftest import airflow_db, fresh_runtime_settings  # noqa: F401  fixtures
 
 
 def unavailable(reason: str) -> None:

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from lepton_tasks.settings import get_settings
+from tests.airflow_env import load_dag
 from tests.containers.stack import MLFLOW_IMAGE, TASK_IMAGE, ContainerStack, ContainerWatcher
-from tests.dags.conftest import load_dag
 from tests.dags.helpers import AlertSink, night, task_states, task_tries, xcom
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
@@ -243,7 +243,7 @@ def test_forty_promotions_and_rollbacks_on_postgres(
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.core_api.security import get_user
 
-    from lepton_airflow.model_page import app
+    from lepton_airflow.ui.model_page import app
 
     app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="ana", role="admin")
     try:

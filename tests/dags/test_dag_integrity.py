@@ -13,7 +13,7 @@ from airflow.dag_processing.dagbag import DagBag
 from airflow.sdk import AssetOrTimeSchedule, CronTriggerTimetable
 from airflow.sdk.definitions.param import ParamsDict
 
-from tests.dags.conftest import REPO, load_dag
+from tests.airflow_env import REPO, load_dag
 
 CHAIN = ["pipeline_start", "ingest", "validate", "train", "evaluate", "register", "pipeline_end"]
 
@@ -38,12 +38,27 @@ def test_steps_are_chained_in_order(fresh_runtime_settings) -> None:
     assert leaves == {"pipeline_end"}
 
 
-def test_downstream_steps_take_upstream_uris_from_xcom(fresh_runtime_settings) -> None:
+def test_every_step_input_is_an_argument_an_upstream_result_or_a_param(
+    fresh_runtime_settings,
+) -> None:
+    """One contract: a step gets its inputs as options (XComs of upstream results, params);
+    the run folder is only where it writes."""
     dag = load_dag()
-    rendered = {t.task_id: [str(a) for a in t.arguments] for t in dag.tasks}
-    assert any("ingest" in a and "snapshot_uri" in a for a in rendered["validate"])
-    assert any("validate" in a and "snapshot_uri" in a for a in rendered["train"])
-    assert any("train" in a and "model_uri" in a for a in rendered["evaluate"])
+    tasks = {t.task_id: t for t in dag.tasks}
+
+    def source(task_id: str, option: str) -> tuple[str, str]:
+        value = tasks[task_id].options[option]
+        return value.operator.task_id, value.key
+
+    assert source("validate", "snapshot") == ("ingest", "snapshot_uri")
+    assert source("train", "snapshot") == ("validate", "snapshot_uri")
+    assert source("evaluate", "training") == ("train", "result_uri")
+    assert source("register", "evaluation") == ("evaluate", "result_uri")
+    assert source("register", "validation") == ("validate", "result_uri")
+    for task_id in ("ingest", "validate", "train", "evaluate", "register", "pipeline_end"):
+        assert source(task_id, "run_dir") == ("pipeline_start", "run_dir")
+    assert tasks["train"].options["epochs"].name == "epochs"  # the param's value, None kept
+    assert tasks["pipeline_end"].options["steps"] == "ingest,validate,train,evaluate,register"
     assert all(t.multiple_outputs for t in dag.tasks)
 
 
@@ -77,7 +92,7 @@ def test_params_form_schema(fresh_runtime_settings) -> None:
     expected = {
         "source",
         "format",
-        "model",
+        "architecture",
         "model_name",
         "epochs",
         "batch_size",

@@ -15,9 +15,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from lepton_tasks.steps.landing import simulate_landing
-from lepton_tasks.steps.pipeline import run_dir_for
-from tests.dags.conftest import load_dag
+from lepton_tasks.landing_simulator import simulate_landing
+from lepton_tasks.pipeline_run import run_dir_for
+from tests.airflow_env import load_dag
 from tests.dags.helpers import AlertSink, night, task_states, xcom
 
 pytestmark = pytest.mark.slow

@@ -52,7 +52,7 @@ def test_chain_registers_a_champion_then_a_weaker_model_leaves_it(
     assert champion.tags["lepton.code_version"]
     assert float(champion.tags["lepton.metric.accuracy"]) == evaluated["metrics"]["accuracy"]
 
-    second = chain(tmp_path / "run2", "--model", "seed_cnn", "--epochs", "1")
+    second = chain(tmp_path / "run2", "--architecture", "seed_cnn", "--epochs", "1")
     _, _, _, weak_eval, weak_reg = second
     assert not weak_eval["decision"]["promote"]
     assert weak_eval["champion"]["version"] == "1"

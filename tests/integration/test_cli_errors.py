@@ -93,7 +93,9 @@ def test_upstream_missing_and_bad_flags(tmp_path: Path, lepton_env: Path) -> Non
     )
     assert run_cli("ingest", "--run-dir", run).code == 0
     assert_clean_failure(
-        run_cli("train", "--run-dir", run, "--model", "vgg"), "UsageError", "unknown model 'vgg'"
+        run_cli("train", "--run-dir", run, "--architecture", "vgg"),
+        "UsageError",
+        "unknown model 'vgg'",
     )
     bad_flag = run_cli("train", "--run-dir", run, "--epochs", "0")
     assert bad_flag.code == 2 and "Traceback" not in bad_flag.stderr

@@ -20,9 +20,10 @@ def test_default_model_reaches_97_percent_on_real_mnist(
     run = str(tmp_path / "run")
     ingested = ingest(str(mnist_dir), run)
     assert ingested.count == 10_000 and ingested.image_shape == [28, 28]
-    assert validate(run, data_docs=False).success
-    trained = train(run)  # default architecture and settings
-    evaluated = evaluate(run)
+    validated = validate(ingested.snapshot_uri, run, data_docs=False)
+    assert validated.success
+    trained = train(validated.snapshot_uri, run)  # default architecture and settings
+    evaluated = evaluate(trained, run)
     print(
         f"MNIST: {trained.architecture} {trained.epochs_run} epochs in {trained.train_seconds:.1f}s "
         f"({trained.images_per_second:.0f} img/s), test accuracy {evaluated.metrics['accuracy']:.4f}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from lepton_tasks.errors import UsageError
 from lepton_tasks.steps.evaluate import classification_metrics, decide
 
 
@@ -41,3 +42,21 @@ def test_gate_needs_the_configured_improvement_over_the_champion() -> None:
 def test_forced_promotion_records_the_reason() -> None:
     forced = decide({"accuracy": 0.5}, {"accuracy": 0.9}, "accuracy", 0.0, 0.8, "hotfix #12")
     assert forced.promote and forced.forced and forced.reason == "forced: hotfix #12"
+
+
+def test_evaluate_params_take_the_settings_for_what_is_not_given(
+    lepton_env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lepton_tasks.settings import get_settings
+    from lepton_tasks.steps.evaluate import EvaluateParams
+
+    monkeypatch.setenv("LEPTON_ACCURACY_FLOOR", "0.9")
+    get_settings.cache_clear()
+    params = EvaluateParams.with_defaults(model_name="digits", min_improvement=None)
+    assert (params.model_name, params.floor, params.min_improvement) == ("digits", 0.9, 0.0)
+    assert not params.decide({"accuracy": 0.85}, None).promote  # below the floor
+    assert params.decide({"accuracy": 0.95}, {"accuracy": 0.95}).promote  # a tie promotes
+    monkeypatch.setenv("LEPTON_PROMOTION_METRIC", "loss")
+    get_settings.cache_clear()
+    with pytest.raises(UsageError, match="LEPTON_PROMOTION_METRIC"):
+        EvaluateParams.with_defaults()

@@ -8,6 +8,8 @@ import pytest
 
 from lepton_tasks.errors import UsageError
 from lepton_tasks.models import ARCHITECTURES, get_architecture
+from lepton_tasks.results import TrainResult
+from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.steps import train as train_module
 from lepton_tasks.steps.ingest import ingest
 from lepton_tasks.steps.train import TrainParams, auto_epochs, train
@@ -40,6 +42,11 @@ class CrashingReporter(train_module.EpochReporter):
         self.callback.on_epoch_end = on_epoch_end
 
 
+def train_run(run: str, params: TrainParams) -> TrainResult:
+    """Train on the snapshot that ingest left in the run folder `run`."""
+    return train(RunFolder(run).snapshot_uri, run, params=params)
+
+
 def test_rerunning_a_crashed_run_resumes_from_the_last_epoch(
     tmp_path: Path, lepton_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -49,17 +56,17 @@ def test_rerunning_a_crashed_run_resumes_from_the_last_epoch(
     with monkeypatch.context() as patch:
         patch.setattr(train_module, "EpochReporter", CrashingReporter)
         with pytest.raises(RuntimeError, match="simulated worker crash"):
-            train(run, params=params)
+            train_run(run, params=params)
     assert (tmp_path / "run" / "train" / "backup").exists()
 
-    resumed = train(run, params=params)
+    resumed = train_run(run, params=params)
     assert resumed.resumed_from_epoch == 2
     assert resumed.epochs_run == 4
     assert resumed.metrics["val_accuracy"] > 0.5  # chance is 0.1
     assert Path(resumed.model_uri).is_file()
     assert resumed.mlflow_model_uri.startswith("models:/")
 
-    again = train(run, params=params)  # finished with the same settings: nothing to redo
+    again = train_run(run, params=params)  # finished with the same settings: nothing to redo
     assert again.mlflow_run_id == resumed.mlflow_run_id
 
     from mlflow import MlflowClient
@@ -74,8 +81,8 @@ def test_training_is_reproducible_with_a_seed(tmp_path: Path, lepton_env: Path) 
     ingest("sklearn:digits", str(tmp_path / "a"))
     ingest("sklearn:digits", str(tmp_path / "b"))
     params = TrainParams(architecture="seed_cnn", epochs=2)
-    first = train(str(tmp_path / "a"), params=params)
-    second = train(str(tmp_path / "b"), params=params)
+    first = train_run(str(tmp_path / "a"), params=params)
+    second = train_run(str(tmp_path / "b"), params=params)
     assert first.metrics["val_loss"] == pytest.approx(second.metrics["val_loss"], rel=1e-4)
 
 

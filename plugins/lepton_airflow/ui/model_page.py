@@ -1,6 +1,6 @@
 """The Lepton page inside Airflow: the registered model, its versions and a champion rollback.
 
-A FastAPI app mounted by the Airflow api-server at /lepton (see plugin.py). Reading and rolling
+A FastAPI app mounted by the Airflow api-server at /lepton (see plugins/lepton_plugin.py). Reading and rolling
 back both need a logged-in Airflow user; a rollback records who did it and why.
 """
 
@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, Form, HTTPException
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from lepton_airflow.links import mlflow_model_version_url
+from lepton_airflow.ui.links import mlflow_model_version_url
 
 if TYPE_CHECKING:
     from lepton_tasks.results import ModelInfo, VersionInfo

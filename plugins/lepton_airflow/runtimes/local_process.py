@@ -1,7 +1,7 @@
-"""The local step operator (`lepton-tasks <step>` as a subprocess) and what all runtimes share.
+"""The local runtime: `lepton-tasks <step>` as a subprocess of the worker.
 
-The Docker and Kubernetes operators live in `container_operators`, so a DAG parsed with the
-local runtime never imports those providers.
+The Docker and Kubernetes runtimes live in their own modules, so a DAG parsed with the local
+runtime never imports those providers.
 """
 
 from __future__ import annotations
@@ -19,28 +19,12 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from lepton_airflow.connections import mlflow_environment
-from lepton_airflow.links import STEP_LINKS
-from lepton_airflow.outcome import ERROR_FILE, RESULT_FILE, parse_result, raise_for_exit
+from lepton_airflow.runtimes.command import step_arguments
+from lepton_airflow.runtimes.outcome import ERROR_FILE, RESULT_FILE, parse_result, raise_for_exit
+from lepton_airflow.ui.links import STEP_LINKS
 
 # The environment a process inherits besides the step's own: what any container has.
 BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER")
-
-
-def drop_empty_options(arguments: Sequence[Any]) -> list[str]:
-    """Remove `--flag value` pairs whose rendered value is empty, so optional params stay unset."""
-    args = [str(a) for a in arguments]
-    kept: list[str] = []
-    i = 0
-    while i < len(args):
-        is_option = args[i].startswith("--")
-        if is_option and i + 1 < len(args) and not args[i + 1].startswith("--"):
-            if args[i + 1] not in ("", "None"):
-                kept += args[i : i + 2]
-            i += 2
-            continue
-        kept.append(args[i])
-        i += 1
-    return kept
 
 
 def read_text(path: Path) -> str | None:
@@ -50,7 +34,7 @@ def read_text(path: Path) -> str | None:
 class LeptonStepOperator(BaseOperator):
     """Runs `lepton-tasks <step> ...` as a subprocess of the worker (the 'local' runtime)."""
 
-    template_fields: Sequence[str] = ("arguments",)
+    template_fields: Sequence[str] = ("options",)
     operator_extra_links = STEP_LINKS
     ui_color = "#e8f0fe"
 
@@ -58,14 +42,14 @@ class LeptonStepOperator(BaseOperator):
         self,
         *,
         step: str,
-        arguments: list[Any],
+        options: dict[str, Any],
         environment: dict[str, str] | None = None,
         secret_environment: dict[str, str] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.step = step
-        self.arguments = arguments
+        self.options = options
         self.environment = environment or {}
         self.secret_environment = secret_environment or {}
         self._process: subprocess.Popen[str] | None = None
@@ -77,7 +61,7 @@ class LeptonStepOperator(BaseOperator):
             "-m",
             "lepton_tasks",
             self.step,
-            *drop_empty_options(self.arguments),
+            *step_arguments(self.options),
         ]
 
     def process_environment(self) -> dict[str, str]:

@@ -6,7 +6,7 @@ from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
-from lepton_airflow.model_page import app
+from lepton_airflow.ui.model_page import app
 
 
 class LeptonPlugin(AirflowPlugin):

@@ -1,29 +1,33 @@
 """Orchestration settings (`LEPTON_*`), read from the environment when a DAG file is parsed.
 
-Only environment variables: no database, connection or Variable lookups at parse time.
+`RuntimeSettings` extends the steps' `lepton_tasks.settings.Settings`: one `LEPTON_` prefix, one
+class per layer, each variable defined once. Only environment variables: no database,
+connection or Variable lookups at parse time.
 """
 
 from __future__ import annotations
 
 import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsConfigDict
+
+from lepton_tasks.settings import Settings
 
 # Airflow stamps each log line; the step's own timestamp would be a second one.
 ORCHESTRATED_ENVIRONMENT = {"LEPTON_LOG_TIMESTAMPS": "0"}
 SECRET_WORDS = ("PASSWORD", "TOKEN", "SECRET", "KEY")
 
 
-class RuntimeSettings(BaseSettings):
+class RuntimeSettings(Settings):
+    """The steps' settings plus those of the orchestrator alone (runtime, schedule, images)."""
+
     model_config = SettingsConfigDict(env_prefix="LEPTON_", extra="ignore")
 
     runtime: Literal["local", "docker", "kubernetes"] = "local"
     schedule: str = Field(default="0 2 * * *", description="Nightly retraining cron, UTC.")
-    home: Path = Path(".lepton")
     landing_uri: str | None = None
 
     mlflow_ui_url: str = Field(
@@ -60,10 +64,12 @@ class RuntimeSettings(BaseSettings):
         return self.landing_uri or str(self.home.resolve() / "landing")
 
 
-# Settings of the orchestrator alone, derived from its fields: they are not handed to the
-# steps. (LEPTON_HOME is the steps' too; each runtime sets it to where the data is.)
+# Settings of the orchestrator alone, derived from the fields it adds to the steps' settings:
+# they are not handed to the steps.
 ORCHESTRATION_ONLY = frozenset(
-    f"LEPTON_{name.upper()}" for name in RuntimeSettings.model_fields if name != "home"
+    f"LEPTON_{name.upper()}"
+    for name in RuntimeSettings.model_fields
+    if name not in Settings.model_fields
 )
 
 

@@ -9,18 +9,41 @@ from pathlib import Path
 import pytest
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
-from lepton_airflow.config import RuntimeSettings
-from lepton_airflow.operators import LeptonStepOperator, drop_empty_options
-from lepton_airflow.steps import step
-from tests.dags.conftest import load_dag
+from lepton_airflow.operator_factory import step_operator as step
+from lepton_airflow.runtimes.command import step_arguments
+from lepton_airflow.runtimes.local_process import LeptonStepOperator
+from lepton_airflow.settings import RuntimeSettings
+from tests.airflow_env import load_dag
 
-OPTIONS = {"run_dir": "/opt/lepton/runs/r1", "model": "lepton_cnn", "epochs": "3"}
-EXPECTED_ARGS = ["--run-dir", "/opt/lepton/runs/r1", "--model", "lepton_cnn", "--epochs", "3"]
+OPTIONS = {"run_dir": "/opt/lepton/runs/r1", "architecture": "lepton_cnn", "epochs": 3}
+EXPECTED_ARGS = ["--run-dir=/opt/lepton/runs/r1", "--architecture=lepton_cnn", "--epochs=3"]
 
 
-def test_empty_optional_values_are_dropped_with_their_flag() -> None:
-    args = ["--run-dir", "r", "--learning-rate", "", "--force-promotion-reason", "None", "--x", "1"]
-    assert drop_empty_options(args) == ["--run-dir", "r", "--x", "1"]
+def test_options_become_arguments_after_rendering_and_empty_ones_are_left_out() -> None:
+    options = {
+        "run_dir": "r",
+        "learning_rate": None,  # an empty param, rendered natively
+        "force_promotion_reason": "",  # an empty template
+        "reason": "None",  # text that happens to read None is a value
+        "note": "--not-a-flag",  # so is text that starts with --
+        "params": {"epochs": None},
+        "data_docs": False,
+        "min_improvement": 0.0,
+    }
+    assert step_arguments(options) == [
+        "--run-dir=r",
+        "--reason=None",
+        "--note=--not-a-flag",
+        '--params={"epochs": null}',
+        "--no-data-docs",
+        "--min-improvement=0.0",
+    ]
+
+
+def rendered(operator):
+    """The operator after Airflow renders its templates (plain values here: no run needed)."""
+    operator.render_template_fields(context={})
+    return operator
 
 
 def test_local_runtime_runs_the_step_and_returns_its_result(
@@ -58,7 +81,7 @@ def test_local_runtime_tracking_outage_is_retryable(
     run = str(tmp_path / "run")
     step("ingest", run_dir=run).execute({})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
-    operator = step("train", run_dir=run, epochs="1")
+    operator = step("train", run_dir=run, epochs=1)
     with pytest.raises(AirflowException, match=r"TrackingUnavailableError.*\[exit 7\]") as caught:
         operator.execute({})
     assert not isinstance(caught.value, AirflowFailException)
@@ -74,7 +97,7 @@ def test_docker_runtime_renders_image_command_env_and_gpu_only_for_train(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow:5000")
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
     settings = docker_settings()
-    train = step("train", settings=settings, **OPTIONS)
+    train = rendered(step("train", settings=settings, **OPTIONS))
     ingest = step("ingest", settings=settings, run_dir="/opt/lepton/runs/r1")
     assert train.image == settings.gpu_task_image and ingest.image == settings.task_image
     assert train.command == ["train", *EXPECTED_ARGS]
@@ -111,7 +134,7 @@ def k8s_settings() -> RuntimeSettings:
 def test_kubernetes_runtime_renders_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lepton:5000")
     settings = k8s_settings()
-    operator = step("train", settings=settings, **OPTIONS)
+    operator = rendered(step("train", settings=settings, **OPTIONS))
     pod = operator.build_pod_request_obj(dry_run=True)
     container, sidecar = pod.spec.containers
     assert sidecar.name == "airflow-xcom-sidecar"  # it reads /airflow/xcom/return.json
@@ -125,7 +148,7 @@ def test_kubernetes_runtime_renders_the_train_pod(monkeypatch: pytest.MonkeyPatc
     assert pod.spec.node_selector == {"pool": "ml", "cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert [t.key for t in pod.spec.tolerations] == ["nvidia.com/gpu"]
     assert any(m.mount_path == "/opt/lepton" for m in container.volume_mounts)
-    dry_run = capsys_dry_run(step("train", settings=settings, **OPTIONS))
+    dry_run = capsys_dry_run(rendered(step("train", settings=settings, **OPTIONS)))
     assert "nvidia.com/gpu" in dry_run and "lepton-tasks" in dry_run
 
 
@@ -241,7 +264,7 @@ def test_mlflow_and_alerts_come_from_airflow_connections(
 
 def test_orchestration_settings_never_reach_the_steps(monkeypatch: pytest.MonkeyPatch) -> None:
     """Every RuntimeSettings field is the orchestrator's alone (derived, not a hand-kept list)."""
-    from lepton_airflow.config import step_environment
+    from lepton_airflow.settings import step_environment
 
     for key in ("LEPTON_K8S_NAMESPACE", "LEPTON_K8S_PVC", "LEPTON_RUNTIME", "LEPTON_SCHEDULE"):
         monkeypatch.setenv(key, "x")

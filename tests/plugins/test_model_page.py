@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from lepton_airflow.model_page import app
+from lepton_airflow.ui.model_page import app
 from lepton_tasks import tracking
 from lepton_tasks.registry import promotion_history
 

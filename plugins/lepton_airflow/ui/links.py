@@ -11,9 +11,12 @@ from typing import Any
 from airflow.sdk import BaseOperatorLink
 from airflow.sdk.execution_time.xcom import XCom
 
-from lepton_airflow.config import runtime_settings
+from lepton_airflow.settings import runtime_settings
 
 PIPELINE_TASK = "pipeline_start"
+# Steps whose result names an MLflow run of their own; the others link to the pipeline run.
+# Looking up a key a step's result never has would log "XCom not found" in every task log.
+OWN_RUN_STEPS = frozenset({"pipeline-start", "train", "evaluate"})
 
 
 def _value(ti_key: Any, key: str, task_id: str | None = None) -> Any:
@@ -38,8 +41,10 @@ class MlflowRunLink(BaseOperatorLink):
     name = "MLflow run"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
-        run_id = _value(ti_key, "mlflow_run_id")
-        experiment_id = _value(ti_key, "mlflow_experiment_id")
+        run_id = experiment_id = None
+        if getattr(operator, "step", None) in OWN_RUN_STEPS:
+            run_id = _value(ti_key, "mlflow_run_id")
+            experiment_id = _value(ti_key, "mlflow_experiment_id")
         if not run_id:
             run_id = _value(ti_key, "mlflow_run_id", PIPELINE_TASK)
             experiment_id = _value(ti_key, "mlflow_experiment_id", PIPELINE_TASK)
@@ -52,6 +57,8 @@ class MlflowModelVersionLink(BaseOperatorLink):
     name = "MLflow model version"
 
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        if getattr(operator, "step", None) != "register":
+            return ""
         name, version = _value(ti_key, "model_name"), _value(ti_key, "version")
         return mlflow_model_version_url(name, version) if name and version else ""
 
