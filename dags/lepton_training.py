@@ -13,7 +13,8 @@ local process, a Docker container or a Kubernetes pod (`LEPTON_RUNTIME`).
   with its lineage. `champion` moves only when the gate says so (or when forced, with a reason).
 * **MLflow**: one pipeline run per DAG run, tagged with this DAG run; every step's run is
   nested under it. Each task links to its MLflow run; register links to the model version.
-* **Alerts**: a failing step posts its one-line reason to `LEPTON_ALERT_WEBHOOK_URL`.
+* **Alerts**: a failing step posts its one-line reason through the Slack provider's webhook
+  notifier, to the Connection `lepton_alert_webhook` (none: no alert).
 """
 
 from __future__ import annotations

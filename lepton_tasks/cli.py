@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable
 from typing import Annotated, TypeVar
@@ -19,6 +18,7 @@ import typer
 
 from lepton_tasks import storage
 from lepton_tasks.errors import EXIT_CODES, LeptonError
+from lepton_tasks.redact import redact
 from lepton_tasks.results import StepResult, read_result
 from lepton_tasks.run_folder import RunFolder
 
@@ -107,11 +107,6 @@ def _write_outcome(variable: str, payload: str) -> None:
         log.warning("could not write %s to %s", variable, path, exc_info=True)
 
 
-def _redact(text: str) -> str:
-    """Credentials inside URLs (`scheme://user:password@host`) never reach a log or an alert."""
-    return re.sub(r"(://[^/\s:@]+):[^/\s@]+@", r"\1:***@", text)
-
-
 def _error_record(step: str, exc: BaseException) -> dict[str, object]:
     if isinstance(exc, LeptonError):
         name, message, where, code = type(exc).__name__, exc.message, exc.where, exc.exit_code
@@ -123,10 +118,10 @@ def _error_record(step: str, exc: BaseException) -> dict[str, object]:
         "step": step,
         "ok": False,
         "error": name,
-        "message": _redact(message)[:2000],
-        "where": _redact(where) if where else where,
+        "message": redact(message)[:2000],
+        "where": redact(where) if where else where,
         "exit_code": code,
-        "line": _redact(line)[:1000],
+        "line": redact(line)[:1000],
     }
 
 
@@ -361,11 +356,24 @@ def rollback(
     reason: Annotated[str, typer.Option(help="Why: recorded in the promotion history.")],
     model_name: ModelName = None,
     who: Annotated[str, typer.Option(envvar="USER", help="Who rolls back.")] = "unknown",
+    expected_champion: Annotated[
+        str | None,
+        typer.Option(
+            help="Refuse (exit 12) unless the champion is still this version ('' for none) "
+            "[default: whichever it is]."
+        ),
+    ] = None,
 ) -> None:
     """Move the champion alias back to an earlier version, recording who and why."""
+    from lepton_tasks.registry import NO_EXPECTATION
     from lepton_tasks.registry import rollback as rollback_step
 
-    run_step("rollback", run_dir, lambda: rollback_step(model_name, version, reason, who, run_dir))
+    expected = NO_EXPECTATION if expected_champion is None else expected_champion
+    run_step(
+        "rollback",
+        run_dir,
+        lambda: rollback_step(model_name, version, reason, who, run_dir, expected),
+    )
 
 
 @app.command("pipeline-start")

@@ -26,8 +26,11 @@ class LeptonError(Exception):
         self.where = where
 
     def one_line(self) -> str:
+        """`<ErrorName>: <message> (<where>)` on one line, credentials in URLs redacted."""
+        from lepton_tasks.redact import redact
+
         where = f" ({self.where})" if self.where else ""
-        return f"{type(self).__name__}: {self.message}{where}".replace("\n", " ")
+        return redact(f"{type(self).__name__}: {self.message}{where}".replace("\n", " "))
 
 
 class UsageError(LeptonError):
@@ -100,6 +103,14 @@ class RegistryError(LeptonError):
     on_failure = "retry"
 
 
+class ChampionMovedError(RegistryError):
+    """The champion is no longer the version a decision was made against (a rollback or
+    another run moved it in between): nothing was moved; decide again."""
+
+    exit_code = 12
+    on_failure = "fail"
+
+
 class NothingToIngestError(LeptonError):
     """The landing zone holds no batch yet: nothing to train on. A skip, not a failure."""
 
@@ -118,6 +129,7 @@ ERROR_CLASSES: tuple[type[LeptonError], ...] = (
     RegistryError,
     NothingToIngestError,
     TrackingAccessDeniedError,
+    ChampionMovedError,
 )
 EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in ERROR_CLASSES}
 _ACTIONS: dict[int, FailureAction] = {cls.exit_code: cls.on_failure for cls in ERROR_CLASSES}

@@ -13,7 +13,12 @@ from typing import Any
 
 from lepton_tasks import storage, tracking
 from lepton_tasks.errors import NothingToIngestError, UsageError
-from lepton_tasks.results import PipelineEndResult, PipelineStartResult, records_result
+from lepton_tasks.results import (
+    IngestResult,
+    PipelineEndResult,
+    PipelineStartResult,
+    records_result,
+)
 from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.settings import get_settings
 
@@ -139,8 +144,10 @@ def _outcome(folder: RunFolder, steps: list[str]) -> dict[str, Any]:
 
 def _attach_reports(client: Any, parent_run_id: str, folder: RunFolder) -> None:
     """The data reports a reader of the pipeline run wants first (local run folders only)."""
-    for uri in (storage.join(folder.snapshot_uri, "manifest.json"), folder.validation_summary_uri):
-        if storage.is_local(uri) and storage.exists(uri):
+    ingested = folder.saved_result("ingest", IngestResult)
+    manifest = storage.join(ingested.snapshot_uri, "manifest.json") if ingested else None
+    for uri in (manifest, folder.validation_summary_uri):
+        if uri and storage.is_local(uri) and storage.exists(uri):
             client.log_artifact(parent_run_id, uri, artifact_path="pipeline")
     docs = folder.data_docs_uri
     if storage.is_local(docs) and storage.exists(docs):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import uuid
 from datetime import UTC, datetime
 
 from lepton_tasks import storage
@@ -19,7 +21,8 @@ def quarantine(batch_uri: str, error: LeptonError, root: str, *, move: bool) -> 
     reason stay side by side for whoever fixes it.
     """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    target = storage.join(root, f"{stamp}-{storage.basename(batch_uri)}")
+    # unique: two batches named alike in different folders (day-1/data, day-2/data) stay apart
+    target = storage.join(root, f"{stamp}-{storage.basename(batch_uri)}-{uuid.uuid4().hex[:6]}")
     storage.copy_tree(batch_uri, storage.join(target, storage.basename(batch_uri)))
     storage.write_json(
         storage.join(target, "reason.json"),
@@ -41,22 +44,40 @@ def quarantine(batch_uri: str, error: LeptonError, root: str, *, move: bool) -> 
 def quarantine_bad_data(source: str, batch_uris: list[str], error: LeptonError) -> list[str]:
     """The one policy for rejected data.
 
-    Landing-zone batches (`batch_uris`) are moved to `<landing>/_quarantine/` so the next run
-    proceeds without them. Otherwise a source named directly (a file or folder) is copied to the
-    quarantine root and left in place: it is the user's, not ours to move. Bundled datasets and
-    missing files have nothing to set aside.
+    Only the configured landing zone (LEPTON_LANDING_URI) is Lepton's to rearrange: its bad
+    batches are moved to `<landing>/_quarantine/` (or LEPTON_QUARANTINE_URI), so the next run
+    proceeds without them. Any other source is the user's: it is read, never changed, and a
+    copy of the bad part (the failing batch, or the whole source) goes to the quarantine root.
+    Bundled datasets and missing files have nothing to set aside.
     """
     from lepton_tasks.settings import get_settings
 
     settings = get_settings()
-    targets = []
-    for batch_uri in batch_uris:
-        if storage.exists(batch_uri):
-            root = settings.quarantine_uri or storage.join(source, QUARANTINE_FOLDER)
-            targets.append(quarantine(batch_uri, error, root, move=True))
-    if batch_uris:
-        return targets
+    if same_location(source, settings.landing):
+        root = settings.quarantine_uri or storage.join(settings.landing, QUARANTINE_FOLDER)
+        return [
+            quarantine(uri, error, root, move=True)
+            for uri in batch_uris
+            if storage.exists(uri) and inside(uri, settings.landing)
+        ]
+    parts = [uri for uri in batch_uris if storage.exists(uri)]
     named_directly = ":" not in source.split("://")[-1] and "," not in source
-    if named_directly and storage.exists(source):
-        targets.append(quarantine(source, error, settings.quarantine_root, move=False))
-    return targets
+    if not batch_uris and named_directly and storage.exists(source):
+        parts = [source]
+    return [quarantine(uri, error, settings.quarantine_root, move=False) for uri in parts]
+
+
+def _normal(uri: str) -> str:
+    return (
+        os.path.realpath(uri.removeprefix("file://")) if storage.is_local(uri) else uri.rstrip("/")
+    )
+
+
+def same_location(a: str, b: str) -> bool:
+    """Whether two URIs name the same folder (local paths compared after resolving links)."""
+    return _normal(a) == _normal(b)
+
+
+def inside(uri: str, folder: str) -> bool:
+    """Whether `uri` lies within `folder` (and is not the folder itself)."""
+    return _normal(uri).startswith(_normal(folder).rstrip("/") + "/")

@@ -6,15 +6,18 @@ registry (`MLFLOW_TRACKING_URI`), with MLflow's failures turned into named error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from lepton_tasks import tracking
-from lepton_tasks.errors import RegistryError, UsageError
+from lepton_tasks.errors import ChampionMovedError, RegistryError, UsageError
+from lepton_tasks.redact import redact
 from lepton_tasks.results import ModelInfo, RollbackResult, VersionInfo, records_result
 from lepton_tasks.settings import get_settings
 
@@ -26,6 +29,10 @@ log = logging.getLogger(__name__)
 HISTORY_TAG_PREFIX = "lepton.promotion."
 LEGACY_HISTORY_TAG = "lepton.promotion_history"
 MAX_REASON_CHARS = 1000
+# The champion lock is a registered model of this name: creating a registered model is atomic
+# in MLflow's database (its name is unique), on SQLite and PostgreSQL alike, and needs no
+# storage shared between the workers and the Airflow web server.
+LOCK_SUFFIX = ".lepton-lock"
 
 
 def champion_version(model_name: str) -> Any | None:
@@ -69,12 +76,90 @@ def promotion_history(tags: Mapping[str, str]) -> list[dict[str, Any]]:
     return history
 
 
-def move_champion(client: Any, model_name: str, version: str, entry: dict[str, Any]) -> None:
-    """Record the event, then move `champion`.
+@contextlib.contextmanager
+def champion_lock(client: Any, model_name: str, holder: str) -> Iterator[None]:
+    """Hold the lock every champion move of `model_name` takes (register and rollback).
 
-    If the move fails, the record is taken back, so the history never shows a promotion that
-    did not happen nor misses one that did.
+    Raises:
+        RegistryError: another holder kept it past LEPTON_REGISTRY_LOCK_TIMEOUT_S.
     """
+    from mlflow.exceptions import MlflowException
+
+    settings = get_settings()
+    name = f"{model_name}{LOCK_SUFFIX}"
+    deadline = time.monotonic() + settings.registry_lock_timeout_s
+    while True:
+        try:
+            tags = {"lepton.lock_holder": holder, "lepton.lock_since": str(time.time())}
+            client.create_registered_model(name, tags=tags, description="Lepton: champion lock")
+            break
+        except MlflowException as exc:
+            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
+                raise
+        held = _lock_holder(client, name)
+        if held and time.time() - held[1] > settings.registry_lock_stale_s:
+            log.warning("breaking the stale champion lock of %s (held by %s)", model_name, held[0])
+            with contextlib.suppress(MlflowException):
+                client.delete_registered_model(name)
+            continue
+        if time.monotonic() > deadline:
+            who = f" by {held[0]}" if held else ""
+            raise RegistryError(f"the champion of '{model_name}' is locked{who}; try again later")
+        time.sleep(0.5)
+    try:
+        yield
+    finally:
+        client.delete_registered_model(name)
+
+
+def _lock_holder(client: Any, name: str) -> tuple[str, float] | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        tags = client.get_registered_model(name).tags
+    except MlflowException:  # released in between
+        return None
+    return tags.get("lepton.lock_holder", "?"), float(tags.get("lepton.lock_since", "0"))
+
+
+def move_champion(
+    client: Any,
+    model_name: str,
+    version: str,
+    entry: dict[str, Any],
+    *,
+    expected: str | None,
+) -> str | None:
+    """Move `champion` to `version` if it still points at `expected` (None: no champion).
+
+    Under the champion lock: the check and the move are one step for every mover. The event
+    is recorded first, then the alias moves; if the move fails, the record is taken back, so
+    the history never shows a promotion that did not happen nor misses one that did.
+
+    Returns:
+        The previous champion version.
+
+    Raises:
+        ChampionMovedError: the champion is not `expected` any more; nothing was changed.
+    """
+    with champion_lock(client, model_name, str(entry.get("by") or "?")):
+        current = champion_version(model_name)
+        previous = str(current.version) if current else None
+        if previous != expected:
+            raise ChampionMovedError(
+                f"the champion of '{model_name}' is {_v(previous)}, not {_v(expected)} as when "
+                f"this was decided; nothing was moved",
+                where=model_name,
+            )
+        _record_and_move(client, model_name, version, {**entry, "previous": previous})
+    return previous
+
+
+def _v(version: str | None) -> str:
+    return f"v{version}" if version else "none"
+
+
+def _record_and_move(client: Any, model_name: str, version: str, entry: dict[str, Any]) -> None:
     now = datetime.now(UTC)
     entry = {
         **entry,
@@ -95,11 +180,36 @@ def move_champion(client: Any, model_name: str, version: str, entry: dict[str, A
         raise
 
 
+NO_EXPECTATION = "any"
+
+
 @records_result
 def rollback(
-    model_name: str | None, version: str, reason: str, who: str, run_dir: str
+    model_name: str | None,
+    version: str,
+    reason: str,
+    who: str,
+    run_dir: str,
+    expected_champion: str | None = NO_EXPECTATION,
 ) -> RollbackResult:
-    """Point `champion` at an earlier version, recording who did it and why."""
+    """Point `champion` at an earlier version, recording who did it and why.
+
+    Args:
+        model_name: the registered model [default: LEPTON_MODEL_NAME].
+        version: the version to make champion.
+        reason: why, recorded in the promotion history.
+        who: who rolls back, recorded too.
+        run_dir: where the result is kept.
+        expected_champion: the champion the caller saw ("" or None: none); the rollback is
+            refused if it moved since. By default, whichever champion there is now.
+
+    Returns:
+        The new and the previous champion version.
+
+    Raises:
+        RegistryError: no reason, an unknown version, or the lock is held too long.
+        ChampionMovedError: the champion is not the one the caller saw any more.
+    """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
@@ -113,22 +223,18 @@ def rollback(
             client.get_model_version(model_name, version)
         except MlflowException as exc:
             raise RegistryError(f"no version {version} of model '{model_name}'") from exc
-        previous = champion_version(model_name)
-        move_champion(
-            client,
-            model_name,
-            version,
-            {
-                "previous": str(previous.version) if previous else None,
-                "by": who,
-                "reason": f"rollback: {reason}",
-            },
+        if expected_champion == NO_EXPECTATION:
+            current = champion_version(model_name)
+            expected_champion = str(current.version) if current else None
+        entry = {"by": who, "reason": f"rollback: {reason}"}
+        previous = move_champion(
+            client, model_name, version, entry, expected=expected_champion or None
         )
     return RollbackResult(
         run_dir=run_dir,
         model_name=model_name,
         champion_version=version,
-        previous_champion_version=str(previous.version) if previous else None,
+        previous_champion_version=previous,
     )
 
 
@@ -181,7 +287,7 @@ def describe_model(model_name: str | None = None) -> ModelInfo:
     return ModelInfo(
         run_dir="",
         model_name=model_name,
-        tracking_uri=tracking.tracking_uri(),
+        tracking_uri=redact(tracking.tracking_uri()),
         versions=rows,
         promotion_history=history,
     )

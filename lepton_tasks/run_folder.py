@@ -2,10 +2,10 @@
 
 A run folder holds one pipeline run's outputs, one sub-folder per step:
 
-    <run>/ingest/snapshot/            the content-addressed snapshot (manifest.json, shards)
+    <run>/ingest/result.json          names the snapshot (content-addressed, outside the run)
     <run>/validate/summary.json       every expectation with its observed value
     <run>/validate/data_docs/         Great Expectations' HTML report
-    <run>/train/model.keras           the trained model; backup/, params.json, mlflow_run_id
+    <run>/train/model.keras           the trained model; backup/<key>/, params.json, mlflow_run_id
     <run>/evaluate/confusion_matrix.png
     <run>/<step>/result.json          the step's result (what the CLI prints)
     <run>/<step>/error.json           the step's error record, while its last try failed
@@ -16,6 +16,7 @@ URI the upstream result names), never by guessing a path in this folder.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from typing import Any, TypeVar
 
@@ -34,8 +35,14 @@ class RunFolder:
 
     @classmethod
     def for_orchestrator_run(cls, root: str, dag_id: str, run_id: str) -> RunFolder:
-        """`<root>/<dag id>/<run id>`, the run id made safe as a folder name."""
-        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_")
+        """`<root>/<dag id>/<run id>`, the run id made safe as a folder name.
+
+        A run id that had to be changed gets a hash of the original, so two ids that differ only
+        in unsafe characters (`a:b`, `a_b`) never share a folder.
+        """
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "_", run_id).strip("_.") or "run"
+        if safe != run_id:
+            safe = f"{safe}-{hashlib.sha256(run_id.encode()).hexdigest()[:8]}"
         return cls(storage.join(root, dag_id, safe))
 
     def step(self, step: str) -> str:
@@ -52,10 +59,6 @@ class RunFolder:
 
     # The named outputs of each step.
     @property
-    def snapshot_uri(self) -> str:
-        return storage.join(self.uri, "ingest", "snapshot")
-
-    @property
     def validation_summary_uri(self) -> str:
         return storage.join(self.uri, "validate", "summary.json")
 
@@ -67,9 +70,9 @@ class RunFolder:
     def model_file_uri(self) -> str:
         return storage.join(self.uri, "train", "model.keras")
 
-    @property
-    def training_backup_uri(self) -> str:
-        return storage.join(self.uri, "train", "backup")
+    def training_backup_uri(self, key: str) -> str:
+        """Keras' per-epoch backup of one training (`key`: what it trains on and how)."""
+        return storage.join(self.uri, "train", "backup", key)
 
     @property
     def training_params_uri(self) -> str:

@@ -26,8 +26,22 @@ class Settings(BaseSettings):
         default=None, description="Where run folders live; defaults to <home>/runs."
     )
     quarantine_uri: str | None = Field(
-        default=None, description="Where rejected batches go; defaults to <home>/quarantine."
+        default=None,
+        description="Where rejected data goes: landing-zone batches are moved here (default "
+        "<landing>/_quarantine), copies of other rejected sources too (default <home>/quarantine).",
     )
+    landing_uri: str | None = Field(
+        default=None,
+        description="The landing zone: the one folder whose batches Lepton may move "
+        "(into quarantine); defaults to <home>/landing.",
+    )
+    snapshot_root_uri: str | None = Field(
+        default=None,
+        description="Where content-addressed snapshots live; defaults to <artifact root>/_snapshots.",
+    )
+    # Bounds checked before anything is allocated: a batch's declared size (decompressed).
+    max_batch_bytes: int = Field(default=4 * 1024**3, ge=1)
+    max_image_side: int = Field(default=4096, ge=1)
     experiment_name: str = "lepton"
     model_name: str = "lepton-digits"
     classes: tuple[str, ...] = DIGIT_CLASSES
@@ -43,6 +57,11 @@ class Settings(BaseSettings):
     max_class_share: float = Field(default=0.35, ge=0.0, le=1.0)
     max_label_kl_divergence: float = Field(default=0.1, ge=0.0)
     max_pixel_mean_shift: float = Field(default=15.0, ge=0.0, description="In 0-255 units.")
+
+    # Champion moves (register, rollback) hold a lock in the registry; a holder that died
+    # leaves it, and it is broken once older than the stale age.
+    registry_lock_timeout_s: float = Field(default=120.0, gt=0)
+    registry_lock_stale_s: float = Field(default=900.0, gt=0)
 
     # Promotion gate (evaluate step).
     promotion_metric: str = "accuracy"
@@ -60,6 +79,14 @@ class Settings(BaseSettings):
     @property
     def runs_root(self) -> str:
         return self.artifact_root or str(self.home.resolve() / "runs")
+
+    @property
+    def landing(self) -> str:
+        return self.landing_uri or str(self.home.resolve() / "landing")
+
+    @property
+    def snapshot_root(self) -> str:
+        return self.snapshot_root_uri or f"{self.runs_root.rstrip('/')}/_snapshots"
 
     @property
     def quarantine_root(self) -> str:

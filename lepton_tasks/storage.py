@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import posixpath
+import tempfile
 from typing import IO, Any
 
 import fsspec
@@ -70,14 +73,38 @@ def read_json(uri: str) -> Any:
 
 
 def write_json(uri: str, payload: Any) -> None:
-    data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
-    with open_uri(uri, "wb") as handle:
-        handle.write(data)
+    """Write `payload` as JSON, atomically (see `write_bytes`)."""
+    write_bytes(uri, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
 
 
 def write_bytes(uri: str, data: bytes) -> None:
-    with open_uri(uri, "wb") as handle:
-        handle.write(data)
+    """Replace the file at `uri` with `data`, whole or not at all.
+
+    Locally the bytes go to a temporary sibling that is synced and then renamed over the
+    target, so a reader (or a retry after a kill) sees the old file or the new one, never half
+    of one. An object store's single PUT has that property already.
+    """
+    if not is_local(uri):
+        with open_uri(uri, "wb") as handle:
+            handle.write(data)
+        return
+    path = uri.removeprefix("file://")
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(
+        dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp"
+    )
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide results from other users
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def save_npz(uri: str, **arrays: np.ndarray) -> None:
@@ -101,6 +128,15 @@ def copy_tree(src: str, dst: str) -> None:
     with open_uri(src, "rb") as reader, open_uri(dst, "wb") as writer:
         while chunk := reader.read(1 << 20):
             writer.write(chunk)
+
+
+def move(src: str, dst: str) -> None:
+    """Move a file or folder; locally one rename, so `dst` appears whole."""
+    if is_local(src) and is_local(dst):
+        os.replace(src.removeprefix("file://"), dst.removeprefix("file://"))
+        return
+    fs, src_path = filesystem(src)
+    fs.mv(src_path, filesystem(dst)[1], recursive=True)
 
 
 def remove(uri: str) -> None:

@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from lepton_tasks.errors import TrackingAccessDeniedError, TrackingUnavailableError
+from lepton_tasks.redact import redact
 from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -43,11 +44,11 @@ def check_tracking(uri: str | None = None) -> str:
         except OSError as exc:
             raise TrackingUnavailableError(
                 f"cannot create the folder of the SQLite tracking database: {exc.strerror}",
-                where=uri,
+                where=redact(uri),
             ) from exc
         if db.is_dir() or not os.access(db.parent, os.W_OK):
             raise TrackingUnavailableError(
-                "the SQLite tracking database is not writable", where=uri
+                "the SQLite tracking database is not writable", where=redact(uri)
             )
         return uri
     parsed = urlparse(uri)
@@ -58,11 +59,11 @@ def check_tracking(uri: str | None = None) -> str:
             response = requests.get(uri.rstrip("/") + "/health", timeout=5)
         except requests.RequestException as exc:
             raise TrackingUnavailableError(
-                f"MLflow tracking server unreachable: {type(exc).__name__}", where=uri
+                f"MLflow tracking server unreachable: {type(exc).__name__}", where=redact(uri)
             ) from exc
         if response.status_code >= 500:
             raise TrackingUnavailableError(
-                f"MLflow tracking server answered HTTP {response.status_code}", where=uri
+                f"MLflow tracking server answered HTTP {response.status_code}", where=redact(uri)
             )
         return uri
     if parsed.scheme in ("postgresql", "mysql", "mssql", "databricks") or "+" in parsed.scheme:
@@ -70,7 +71,7 @@ def check_tracking(uri: str | None = None) -> str:
     raise TrackingUnavailableError(
         "unsupported tracking URI (use sqlite:///..., http(s)://... or a database URL); MLflow 3 "
         "refuses a bare file store",
-        where=uri,
+        where=redact(uri),
     )
 
 
@@ -87,16 +88,18 @@ def tracking_errors(action: str) -> Iterator[None]:
             raise TrackingAccessDeniedError(
                 f"{action}: MLflow refused the signed-in user (check the lepton_mlflow "
                 f"Connection or MLFLOW_TRACKING_USERNAME, and its permissions): {text}",
-                where=tracking_uri(),
+                where=redact(tracking_uri()),
             ) from exc
         if any(
             word in text.lower()
             for word in ("connection", "max retries", "unable to", "operationalerror", "timed out")
         ):
-            raise TrackingUnavailableError(f"{action}: {text}", where=tracking_uri()) from exc
+            raise TrackingUnavailableError(
+                f"{action}: {text}", where=redact(tracking_uri())
+            ) from exc
         raise
     except ConnectionError as exc:
-        raise TrackingUnavailableError(f"{action}: {exc}", where=tracking_uri()) from exc
+        raise TrackingUnavailableError(f"{action}: {exc}", where=redact(tracking_uri())) from exc
 
 
 def setup(experiment_name: str | None = None) -> str:

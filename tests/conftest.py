@@ -84,3 +84,11 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: int = 600) -
         [CLI, *args], capture_output=True, text=True, env=merged, timeout=timeout, check=False
     )
     return CliResult(done.returncode, done.stdout, done.stderr)
+
+
+def ingested_snapshot(run: str | Path) -> str:
+    """The snapshot that ingest recorded in the run folder `run`."""
+    from lepton_tasks.results import IngestResult, read_result
+    from lepton_tasks.run_folder import RunFolder
+
+    return read_result(RunFolder(str(run)).result_uri("ingest"), IngestResult).snapshot_uri

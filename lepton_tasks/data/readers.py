@@ -8,7 +8,10 @@ wrong raises an `InputDataError` naming the file and what is wrong with it.
 from __future__ import annotations
 
 import gzip
+import logging
+import os
 import struct
+import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ IDX_LABELS_MAGIC = 0x00000801
 QUARANTINE_FOLDER = "_quarantine"
 
 Chunk = tuple[np.ndarray, np.ndarray]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +81,29 @@ def to_uint8(images: np.ndarray, where: str, *, source_max: float | None = None)
     if np.issubdtype(images.dtype, np.floating) and high <= 1.0:
         return np.rint(images * 255.0).astype(np.uint8)
     return np.rint(images).astype(np.uint8) if images.dtype.kind == "f" else images.astype(np.uint8)
+
+
+def check_declared_size(shape: tuple[int, ...], itemsize: int, where: str) -> None:
+    """Refuse a declared shape before anything is allocated: no negative dimension, image
+    sides within LEPTON_MAX_IMAGE_SIDE, the whole within LEPTON_MAX_BATCH_BYTES."""
+    from lepton_tasks.settings import get_settings
+
+    settings = get_settings()
+    if any(d < 0 for d in shape):
+        raise InputDataError(f"negative dimension in declared shape {shape}", where=where)
+    if any(d > settings.max_image_side for d in shape[1:3]):
+        raise InputDataError(
+            f"declared image size {shape[1:3]} exceeds LEPTON_MAX_IMAGE_SIDE "
+            f"({settings.max_image_side})",
+            where=where,
+        )
+    size = int(np.prod(shape, dtype=object)) * itemsize
+    if size > settings.max_batch_bytes:
+        raise InputDataError(
+            f"declared shape {shape} needs {size:,} bytes, more than LEPTON_MAX_BATCH_BYTES "
+            f"({settings.max_batch_bytes:,})",
+            where=where,
+        )
 
 
 def check_images(images: np.ndarray, where: str) -> np.ndarray:
@@ -216,6 +243,8 @@ def _idx_batch(images_uri: str, labels_uri: str) -> Batch:
     label_handle, label_dims = _idx_header(labels_uri, IDX_LABELS_MAGIC)
     label_handle.close()
     count, rows, cols = image_dims
+    check_declared_size((count, rows, cols), 1, images_uri)
+    check_declared_size((label_dims[0],), 1, labels_uri)
     check_counts(count, label_dims[0], f"{images_uri} vs {labels_uri}")
 
     def read(chunk_size: int) -> Iterator[Chunk]:
@@ -238,43 +267,118 @@ def _idx_batch(images_uri: str, labels_uri: str) -> Batch:
 # NPZ ------------------------------------------------------------------------------------------
 
 
+def _npy_header(archive: zipfile.ZipFile, key: str, uri: str) -> tuple[tuple[int, ...], np.dtype]:
+    """The declared shape and dtype of `<key>.npy` in an NPZ, checked against the bytes it
+    holds and against the size bounds, without reading (or inflating) the array."""
+    info = archive.getinfo(f"{key}.npy")
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read_header(member)
+        header_bytes = member.tell()
+    if dtype.hasobject:
+        raise InputDataError(f"array '{key}' holds Python objects, not numbers", where=uri)
+    check_declared_size(shape, dtype.itemsize, uri)
+    declared = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    if header_bytes + declared != info.file_size:
+        raise InputDataError(
+            f"array '{key}' declares shape {shape} ({declared:,} bytes) but holds "
+            f"{info.file_size - header_bytes:,} bytes",
+            where=uri,
+        )
+    return shape, dtype
+
+
 def npz_batch(uri: str) -> Batch:
+    """An NPZ file (x: images, y: labels). Only the headers are read here; the arrays are
+    loaded when the batch is read, after their declared sizes passed the bounds."""
     if not storage.exists(uri):
         raise InputDataError("file not found", where=uri)
     try:
-        arrays = storage.load_npz(uri)
-    except (ValueError, OSError, EOFError, zlib.error) as exc:
+        with storage.open_uri(uri, "rb") as handle, zipfile.ZipFile(handle) as archive:
+            found = sorted(n.removesuffix(".npy") for n in archive.namelist())
+            missing = [key for key in ("x", "y") if key not in found]
+            if missing:
+                raise InputDataError(
+                    f"missing array(s) {missing}; an NPZ dataset holds 'x' (images) and 'y' "
+                    f"(labels), found {found}",
+                    where=uri,
+                )
+            shape, _ = _npy_header(archive, "x", uri)
+            labels_shape, _ = _npy_header(archive, "y", uri)
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
         raise InputDataError(f"not a readable .npz archive: {exc}", where=uri) from exc
-    missing = [key for key in ("x", "y") if key not in arrays]
-    if missing:
+    if len(shape) not in (3, 4):
         raise InputDataError(
-            f"missing array(s) {missing}; an NPZ dataset holds 'x' (images) and 'y' (labels), "
-            f"found {sorted(arrays)}",
-            where=uri,
+            f"images must be an array of shape (N, H, W) or (N, H, W, C), got {shape}", where=uri
         )
-    images = check_images(arrays["x"], uri)
-    labels = arrays["y"].reshape(-1)
-    check_counts(len(images), len(labels), uri)
-    images = to_uint8(images, uri)
+    check_counts(shape[0], int(np.prod(labels_shape)), uri)
 
     def read(chunk_size: int) -> Iterator[Chunk]:
-        yield from array_chunks(images, labels, chunk_size)
+        try:
+            arrays = storage.load_npz(uri)
+        except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            raise InputDataError(f"not a readable .npz archive: {exc}", where=uri) from exc
+        images = to_uint8(check_images(arrays["x"], uri), uri)
+        yield from array_chunks(images, arrays["y"].reshape(-1), chunk_size)
 
-    return Batch(
-        storage.basename(uri).removesuffix(".npz"),
-        uri,
-        "npz",
-        len(images),
-        tuple(images.shape[1:]),
-        read,
-        [uri],
-    )
+    name = storage.basename(uri).removesuffix(".npz")
+    return Batch(name, uri, "npz", shape[0], tuple(shape[1:]), read, [uri])
 
 
 # Parquet --------------------------------------------------------------------------------------
 
 
+def _check_parquet_schema(parquet: Any, uri: str) -> None:
+    """Column types a dataset can have, and its uncompressed size within the bounds."""
+    import pyarrow as pa
+
+    schema = parquet.schema_arrow
+    image = schema.field("image").type
+    is_list = pa.types.is_list(image) or pa.types.is_large_list(image)
+    if not (is_list or pa.types.is_fixed_size_list(image)) or not (
+        pa.types.is_integer(image.value_type) or pa.types.is_floating(image.value_type)
+    ):
+        raise InputDataError(
+            f"column 'image' is {image}; expected a list of pixel numbers", where=uri
+        )
+    label = schema.field("label").type
+    if not (
+        pa.types.is_integer(label) or pa.types.is_string(label) or pa.types.is_large_string(label)
+    ):
+        raise InputDataError(f"column 'label' is {label}; expected integers or names", where=uri)
+    for name in ("height", "width"):
+        if name in schema.names and not pa.types.is_integer(schema.field(name).type):
+            raise InputDataError(
+                f"column '{name}' is {schema.field(name).type}; expected integers", where=uri
+            )
+    metadata = parquet.metadata
+    size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    check_declared_size((size,), 1, uri)
+
+
+def _no_nulls(table: Any, uri: str) -> None:
+    for name in ("image", "label", "height", "width"):
+        if name not in table.column_names:
+            continue
+        column = table.column(name).combine_chunks()
+        if column.null_count:
+            first = int(np.flatnonzero(column.is_null().to_numpy(zero_copy_only=False))[0])
+            raise InputDataError(
+                f"{column.null_count} null value(s) in column '{name}', first at row {first} "
+                "of this chunk",
+                where=uri,
+            )
+        if name == "image" and column.flatten().null_count:
+            raise InputDataError("null pixel(s) in column 'image'", where=uri)
+
+
 def _parquet_images(table: Any, uri: str) -> np.ndarray:
+    _no_nulls(table, uri)
     column = table.column("image").combine_chunks()
     lengths = column.value_lengths().to_numpy(zero_copy_only=False)
     if len(lengths) and (lengths != lengths[0]).any():
@@ -324,6 +428,7 @@ def parquet_batch(uri: str) -> Batch:
             f"'label', found {columns}",
             where=uri,
         )
+    _check_parquet_schema(parquet, uri)
     first = parquet.read_row_group(0) if parquet.num_row_groups else None
     shape = tuple(_parquet_images(first.slice(0, 1), uri).shape[1:]) if first is not None else ()
 
@@ -388,47 +493,125 @@ def open_source(source: str, fmt: str = "auto") -> list[Batch]:
     return folder_batches(source)
 
 
+# Landing zones -------------------------------------------------------------------------------
+#
+# The landing protocol: a producer writes a batch under a name starting with '.' or '_' (or
+# any name without a dataset extension) and renames it when it is complete; Lepton reads only
+# dataset files (.npz, .parquet, IDX) and folders of them, and ignores everything else.
+
+DATASET_SUFFIXES = (".npz", ".parquet")
+# What a read of a batch raises on malformed content besides InputDataError (pyarrow's errors
+# subclass ValueError, TypeError and NotImplementedError).
+READ_ERRORS = (
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    OSError,
+    MemoryError,
+    NotImplementedError,
+)
+
+
+def _is_dataset_file(name: str) -> bool:
+    return name.endswith(DATASET_SUFFIXES) or "idx3-ubyte" in name
+
+
+def _local_path(uri: str) -> str | None:
+    return uri.removeprefix("file://") if storage.is_local(uri) else None
+
+
+def _walk(folder: str, root: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
+    """(entry, is_folder) for each visible entry of `folder`, following no link out of the
+    zone `root` and none that leads back to a folder already walked."""
+    for entry in storage.list_dir(folder):
+        name = storage.basename(entry)
+        if name.startswith((".", "_")):
+            continue  # in progress, or Lepton's own (_quarantine)
+        local = _local_path(entry)
+        if local is not None and os.path.islink(local):
+            target = os.path.realpath(local)
+            inside = os.path.commonpath([target, os.path.realpath(root)]) == os.path.realpath(root)
+            if not inside or target in seen:
+                log.warning("skipping link %s -> %s: outside the zone or a loop", entry, target)
+                continue
+        is_folder = storage.is_dir(entry)
+        if is_folder and local is not None:
+            real = os.path.realpath(local)
+            if real in seen:
+                log.warning("skipping %s: already read through another path", entry)
+                continue
+            seen.add(real)
+        yield entry, is_folder
+
+
+def dataset_entries(zone: str) -> list[str]:
+    """The zone's top-level entries that hold a dataset: its batches, in name order."""
+    seen = _seen_from(zone)
+    entries = []
+    for entry, is_folder in list(_walk(zone, zone, seen)):
+        if (is_folder and _holds_dataset(entry, zone, seen)) or (
+            not is_folder and _is_dataset_file(storage.basename(entry))
+        ):
+            entries.append(entry)
+        else:
+            log.warning("skipping %s: not a dataset (see the landing protocol)", entry)
+    return entries
+
+
+def _holds_dataset(folder: str, zone: str, seen: set[str]) -> bool:
+    return any(
+        _holds_dataset(entry, zone, seen)
+        if is_folder
+        else _is_dataset_file(storage.basename(entry))
+        for entry, is_folder in list(_walk(folder, zone, seen))
+    )
+
+
+def _seen_from(zone: str) -> set[str]:
+    """The real paths already walked, starting with the zone's own (local zones only)."""
+    local = _local_path(zone)
+    return {os.path.realpath(local)} if local is not None else set()
+
+
 def is_empty_landing_zone(source: str) -> bool:
-    """A folder source that is missing or holds nothing that could be a batch (names starting
-    with '.' or '_', such as `_quarantine/`, do not count). Other sources are never empty here:
-    reading them says whether they are good."""
+    """A folder source that is missing or holds no dataset yet (hidden, in-progress and
+    non-dataset entries do not count). Other sources are never empty here: reading them says
+    whether they are good."""
     if source.startswith("sklearn:") or "," in source:
         return False
     if not storage.exists(source):
         return True
-    if not storage.is_dir(source):
+    if not storage.is_dir(source) or _find_idx_pairs(source):
         return False
-    return not any(
-        not storage.basename(entry).startswith((".", "_")) for entry in storage.list_dir(source)
-    )
+    return not dataset_entries(source)
 
 
-def folder_batches(folder: str, *, top: bool = True) -> list[Batch]:
-    """A landing zone: every dataset file or sub-folder in it is a batch, in name order.
+def folder_batches(folder: str) -> list[Batch]:
+    """A folder of datasets (a landing zone): each dataset file or sub-folder is a batch.
 
-    Names starting with '.' or '_' are skipped, so `_quarantine/` never feeds a run.
+    Batches are named by their path in the folder ("2026-01-01/data"), so same-named files in
+    different folders stay apart. A batch that cannot be read raises InputDataError naming it
+    (`batch_uri`: the entry to quarantine).
     """
     if _find_idx_pairs(folder):
         return idx_batches(folder)
     batches: list[Batch] = []
-    for entry in storage.list_dir(folder):
-        name = storage.basename(entry)
-        if name.startswith((".", "_")):
-            continue
+    seen = _seen_from(folder)
+    for entry in dataset_entries(folder):
         try:
-            if storage.is_dir(entry):
-                found = folder_batches(entry, top=False)
-            elif name.endswith((".npz", ".parquet")) or "idx3-ubyte" in name:
-                found = open_source(entry)
-            else:
-                continue
+            found = _entry_batches(entry, folder, seen)
         except InputDataError as exc:
-            if top:
-                exc.batch_uri = entry
+            exc.batch_uri = entry
             raise
-        if top:
-            for batch in found:
-                batch.origin = entry
+        except READ_ERRORS as exc:
+            error = InputDataError(f"unreadable batch: {type(exc).__name__}: {exc}", where=entry)
+            error.batch_uri = entry
+            raise error from exc
+        for batch in found:
+            batch.origin = entry
+            batch.name = _relative_name(batch.uri, folder)
         batches.extend(found)
     if not batches:
         raise InputDataError(
@@ -436,3 +619,27 @@ def folder_batches(folder: str, *, top: bool = True) -> list[Batch]:
             where=folder,
         )
     return batches
+
+
+def _entry_batches(entry: str, zone: str, seen: set[str]) -> list[Batch]:
+    if not storage.is_dir(entry):
+        return open_source(entry)
+    if _find_idx_pairs(entry):
+        return idx_batches(entry)
+    local = _local_path(entry)
+    if local is not None:
+        seen.add(os.path.realpath(local))
+    found: list[Batch] = []
+    for child, is_folder in list(_walk(entry, zone, seen)):
+        if is_folder:
+            found += _entry_batches(child, zone, seen)
+        elif _is_dataset_file(storage.basename(child)):
+            found += open_source(child)
+    return found
+
+
+def _relative_name(uri: str, folder: str) -> str:
+    relative = uri[len(folder.rstrip("/")) + 1 :] if uri.startswith(folder.rstrip("/")) else uri
+    for suffix in DATASET_SUFFIXES:
+        relative = relative.removesuffix(suffix)
+    return relative

@@ -8,7 +8,9 @@ Layout under the snapshot folder::
 
 Splits come from a hash of each image's bytes, so an example keeps its split as data grows and
 duplicates can never leak across splits. The content sha256 does not depend on input order, so
-the same data always gets the same snapshot id.
+the same data always gets the same snapshot id. Snapshots are content-addressed: `ingest` writes
+one into a staging folder and then renames it to `<snapshot root>/<snapshot id>`, so a snapshot
+folder never changes once it exists, and the same content is one folder.
 """
 
 from __future__ import annotations
@@ -132,8 +134,12 @@ class SnapshotWriter:
         self._count += len(images)
 
     def content_sha256(self) -> str:
+        """The examples (image hash, class), in any order, and what decides their split and
+        class: the same sha256 means the same snapshot, shard for shard."""
         records = np.sort(np.concatenate(self._records), order=("h", "y"))
-        return hashlib.sha256(records.tobytes()).hexdigest()
+        digest = hashlib.sha256(records.tobytes())
+        digest.update(repr((self.class_names, self.val_fraction, self.test_fraction)).encode())
+        return digest.hexdigest()
 
     def finish(self, *, source: str, fmt: str, batches: list[dict[str, Any]]) -> dict[str, Any]:
         if self._count == 0:

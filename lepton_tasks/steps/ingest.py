@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from typing import Any
 
 from lepton_tasks import storage
 from lepton_tasks.data import readers
-from lepton_tasks.data.snapshot import SnapshotWriter
+from lepton_tasks.data.snapshot import MANIFEST, SnapshotWriter
 from lepton_tasks.errors import InputDataError, NothingToIngestError, UsageError
 from lepton_tasks.quarantine import quarantine_bad_data
 from lepton_tasks.results import BatchInfo, IngestResult, records_result
-from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,8 @@ def ingest(
 
     Args:
         source: a dataset URI (see `readers.open_source`) or a landing-zone folder of batches.
-        run_dir: the run folder; the snapshot goes to its `ingest/snapshot`.
+        run_dir: the run folder; the result goes to its `ingest/`, the snapshot to
+            `<snapshot root>/<snapshot id>` (content-addressed, never rewritten).
         fmt: auto (from the URI), sklearn, idx, npz or parquet.
         class_names: the label set [default: LEPTON_CLASSES].
         chunk_size: examples read at a time, which bounds memory.
@@ -45,24 +47,19 @@ def ingest(
     _check_landed(source, when_empty)
     settings = get_settings()
     class_names = list(class_names or settings.classes)
-    snapshot_uri = RunFolder(run_dir).snapshot_uri
-    if storage.exists(snapshot_uri):
-        storage.remove(snapshot_uri)  # a retried task starts from a clean snapshot folder
-    writer = SnapshotWriter(
-        snapshot_uri, class_names, settings.val_fraction, settings.test_fraction
-    )
+    staging = storage.join(settings.snapshot_root, f".staging-{uuid.uuid4().hex}")
+    writer = SnapshotWriter(staging, class_names, settings.val_fraction, settings.test_fraction)
     try:
-        batches = readers.open_source(source, fmt)
-        _write_batches(writer, batches, chunk_size)
-        batch_infos = [
-            BatchInfo(name=b.name, uri=b.uri, count=b.count, origin=b.origin) for b in batches
-        ]
-        manifest = writer.finish(
-            source=source, fmt=batches[0].format, batches=[b.model_dump() for b in batch_infos]
+        manifest, batch_infos = _write_batches(writer, source, fmt, chunk_size)
+        snapshot_uri = _publish(
+            staging, storage.join(settings.snapshot_root, manifest["snapshot_id"])
         )
     except InputDataError as exc:
         _quarantine(exc, source)
         raise
+    finally:
+        if storage.exists(staging):
+            storage.remove(staging)
     log.info("snapshot %s: %d examples", manifest["snapshot_id"], manifest["count"])
     return IngestResult(
         run_dir=run_dir,
@@ -79,6 +76,22 @@ def ingest(
     )
 
 
+def _publish(staging: str, snapshot_uri: str) -> str:
+    """Rename the staged snapshot to its content address.
+
+    The same content is one folder, and a folder that exists is never written again.
+    """
+    if storage.exists(storage.join(snapshot_uri, MANIFEST)):
+        log.info("snapshot %s exists: same content", storage.basename(snapshot_uri))
+        return snapshot_uri
+    try:
+        storage.move(staging, snapshot_uri)
+    except OSError:  # another run published the same content first
+        if not storage.exists(storage.join(snapshot_uri, MANIFEST)):
+            raise
+    return snapshot_uri
+
+
 def _check_landed(source: str, when_empty: str) -> None:
     if when_empty not in ("fail", "skip"):
         raise UsageError(f"--when-empty must be fail or skip, not '{when_empty}'")
@@ -86,8 +99,14 @@ def _check_landed(source: str, when_empty: str) -> None:
         raise NothingToIngestError("no batch has landed yet: nothing to train on", where=source)
 
 
-def _write_batches(writer: SnapshotWriter, batches: list[readers.Batch], chunk_size: int) -> None:
-    """Stream every batch into the snapshot; a bad batch's error names its landing entry."""
+def _write_batches(
+    writer: SnapshotWriter, source: str, fmt: str, chunk_size: int
+) -> tuple[dict[str, Any], list[BatchInfo]]:
+    """Stream every batch of the source into the snapshot; returns its manifest and batches.
+
+    Any failure of one batch (unreadable, too large, malformed) is an InputDataError naming it.
+    """
+    batches = readers.open_source(source, fmt)
     for batch_index, batch in enumerate(batches):
         log.info("reading %s (%s, %d examples)", batch.uri, batch.format, batch.count)
         try:
@@ -96,6 +115,17 @@ def _write_batches(writer: SnapshotWriter, batches: list[readers.Batch], chunk_s
         except InputDataError as exc:
             exc.batch_uri = exc.batch_uri or batch.origin
             raise
+        except (ValueError, TypeError, AttributeError, KeyError, OSError, MemoryError) as exc:
+            error = InputDataError(
+                f"unreadable batch: {type(exc).__name__}: {exc}", where=batch.uri
+            )
+            error.batch_uri = batch.origin
+            raise error from exc
+    infos = [BatchInfo(name=b.name, uri=b.uri, count=b.count, origin=b.origin) for b in batches]
+    manifest = writer.finish(
+        source=source, fmt=batches[0].format, batches=[b.model_dump() for b in infos]
+    )
+    return manifest, infos
 
 
 def _quarantine(exc: InputDataError, source: str) -> None:

@@ -82,21 +82,27 @@ def _promote_if_decided(
     evaluated: EvaluateResult,
     parent_run_id: str | None,
 ) -> tuple[bool, str | None]:
-    """Move `champion` to `number` if the decision says so: (promoted, previous champion)."""
-    previous = champion_version(model_name)
-    previous_number = str(previous.version) if previous else None
-    if not evaluated.decision.promote or previous_number == number:
-        log.info("champion stays v%s: %s", previous_number, evaluated.decision.reason)
-        return False, previous_number
+    """Move `champion` to `number` if the decision says so: (promoted, previous champion).
+
+    The move happens only if the champion is still the one evaluate compared against; a
+    retry of a register that already promoted this version finds it done.
+    """
+    compared = evaluated.champion.version if evaluated.champion else None
+    current = champion_version(model_name)
+    current_number = str(current.version) if current else None
+    if current_number == number:  # an earlier try of this register did it
+        return evaluated.decision.promote and compared != number, compared
+    if not evaluated.decision.promote:
+        log.info("champion stays %s: %s", current_number, evaluated.decision.reason)
+        return False, current_number
     entry = {
-        "previous": previous_number,
         "by": "pipeline",
         "reason": evaluated.decision.reason,
         "pipeline_run_id": parent_run_id,
     }
-    move_champion(client, model_name, number, entry)
-    log.info("champion: v%s (was %s)", number, previous_number or "none")
-    return True, previous_number
+    previous = move_champion(client, model_name, number, entry, expected=compared)
+    log.info("champion: v%s (was %s)", number, previous or "none")
+    return True, previous
 
 
 def _ensure_registered_model(client: Any, model_name: str) -> None:

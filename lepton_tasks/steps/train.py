@@ -7,6 +7,7 @@ that already finished with the same settings returns its result without training
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -223,9 +224,12 @@ def _quiet_keras(params: TrainParams) -> None:
         tf.config.experimental.enable_op_determinism()
 
 
-def _finished(folder: RunFolder, params: TrainParams) -> TrainResult | None:
+def _finished(folder: RunFolder, params: TrainParams, snapshot_uri: str) -> TrainResult | None:
+    """The run's earlier result, if it trained on the same snapshot with the same params."""
     previous = folder.saved_result("train", TrainResult)
     if previous is None or not storage.exists(folder.training_params_uri):
+        return None
+    if previous.snapshot_uri != snapshot_uri:
         return None
     if storage.read_json(folder.training_params_uri) != params.model_dump():
         return None
@@ -233,15 +237,17 @@ def _finished(folder: RunFolder, params: TrainParams) -> TrainResult | None:
     return previous
 
 
-def _backup_dir(folder: RunFolder, snapshot_id: str) -> str:
-    """Where Keras' per-epoch backup goes.
+def _backup_dir(folder: RunFolder, snapshot_id: str, params: TrainParams) -> str:
+    """Where Keras' per-epoch backup goes, keyed by snapshot and params.
 
-    A local run folder keeps it; a remote one gets a local scratch folder, since Keras writes
-    its checkpoints with plain file I/O.
+    A backup only resumes the same training. A local run folder keeps it; a remote one gets a
+    local scratch folder, since Keras writes its checkpoints with plain file I/O.
     """
+    digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:8]
+    key = f"{snapshot_id}-{digest}"
     if storage.is_local(folder.uri):
-        return folder.training_backup_uri
-    return os.path.join(tempfile.gettempdir(), "lepton-backup", snapshot_id)
+        return folder.training_backup_uri(key)
+    return os.path.join(tempfile.gettempdir(), "lepton-backup", key)
 
 
 def _resume_run_id(folder: RunFolder, backup_dir: str) -> str | None:
@@ -278,7 +284,7 @@ def train(
     if (params.epochs is not None and params.epochs < 1) or params.batch_size < 1:
         raise UsageError("--epochs and --batch-size must be at least 1")
     folder = RunFolder(run_dir)
-    if (previous := _finished(folder, params)) is not None:
+    if (previous := _finished(folder, params, snapshot_uri)) is not None:
         return previous
     tracking.check_tracking()
     manifest, train_split, val_split = load_training_data(snapshot_uri)
@@ -288,7 +294,7 @@ def train(
     model, device, mixed = build_and_compile(
         params, schedule, input_shape, len(manifest["class_names"])
     )
-    backup_dir = _backup_dir(folder, manifest["snapshot_id"])
+    backup_dir = _backup_dir(folder, manifest["snapshot_id"], params)
     resume_run_id = _resume_run_id(folder, backup_dir)
     tags = {"lepton.snapshot_id": manifest["snapshot_id"], "lepton.run_dir": run_dir}
     with tracking.step_run("train", parent_run_id, run_id=resume_run_id, tags=tags) as run:
@@ -402,7 +408,8 @@ def fit(
 
     reporter = EpochReporter(schedule.epochs)
     callbacks = [
-        keras.callbacks.BackupAndRestore(backup_dir),
+        # two checkpoints: a kill while one is written leaves the other to resume from
+        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
         reporter.callback,
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.patience, restore_best_weights=True

@@ -3,11 +3,12 @@
 - `lepton_mlflow`: the MLflow tracking server the steps use. Host (with scheme, or the
   connection type http/https), port and an optional path; login and password are the MLflow
   user's. An `extra` of `{"tracking_uri": "..."}` overrides the URL.
-- `lepton_alert_webhook`: where failure alerts are posted; the whole URL in `host` (or
-  `extra.url`), since a webhook URL is itself the secret.
+- `lepton_alert_webhook`: where failure alerts are posted (`notifiers`): type
+  `slackwebhook`, the webhook URL as its password, since a webhook URL is itself the secret.
 
-A secrets backend can supply both. Without them the environment decides
-(`MLFLOW_TRACKING_URI`/`_USERNAME`/`_PASSWORD`, `LEPTON_ALERT_WEBHOOK_URL`), as for the CLI.
+A secrets backend can supply both. Without `lepton_mlflow` the environment decides
+(`MLFLOW_TRACKING_URI`/`_USERNAME`/`_PASSWORD`), as for the CLI; without
+`lepton_alert_webhook` no alert is sent.
 """
 
 from __future__ import annotations
@@ -53,11 +54,3 @@ def mlflow_environment() -> dict[str, str]:
     if conn.password:
         env["MLFLOW_TRACKING_PASSWORD"] = conn.password
     return env
-
-
-def alert_webhook_url(fallback: str | None) -> str | None:
-    """The `lepton_alert_webhook` Connection's URL, else `fallback` (LEPTON_ALERT_WEBHOOK_URL)."""
-    conn = connection(ALERT_CONN_ID)
-    if conn is None:
-        return fallback
-    return conn.extra_dejson.get("url") or _url(conn)

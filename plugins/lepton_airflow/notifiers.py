@@ -1,23 +1,20 @@
 """Failure alerts: the failing step, its one-line reason, and where to look.
 
-The URL comes from the Airflow Connection `lepton_alert_webhook` (so a secrets backend can hold
-it), else `LEPTON_ALERT_WEBHOOK_URL`; it is looked up when a step fails, never at parse time.
-It gets a JSON POST (Slack incoming webhooks accept it too: the `text` field is the message).
-Without either, nothing is sent. Email or Slack providers' own notifiers can be added to
-`on_failure_callback` the same way.
+Sent by the Slack provider's `SlackWebhookNotifier` through the Airflow Connection
+`lepton_alert_webhook` (type `slackwebhook`, the webhook URL as its password), so a secrets
+backend can hold the URL, which is a credential itself. The Connection is looked up when a
+step fails, never at parse time; without it, nothing is sent.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import urllib.request
 from typing import Any
 
-from airflow.sdk import BaseNotifier
+from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
-from lepton_airflow.connections import alert_webhook_url
+from lepton_airflow.connections import ALERT_CONN_ID, connection
 from lepton_airflow.settings import runtime_settings
 from lepton_airflow.ui.links import PIPELINE_TASK, mlflow_run_url
 
@@ -50,50 +47,34 @@ def pipeline_run_url(ti: Any) -> str:
     return runtime_settings().mlflow_ui_url
 
 
-class WebhookFailureNotifier(BaseNotifier):
-    """Posts the failure to `url`, or to the URL configured when the failure happens."""
+def alert_text(context: Any) -> str:
+    """The message: DAG, step, run and try, the step's one-line reason, and where to look."""
+    ti = context["ti"]
+    reason = failure_reason(context.get("exception"))
+    return (
+        f"Lepton: {ti.dag_id} step {ti.task_id} failed (run {ti.run_id}, try {ti.try_number}): "
+        f"{reason}\nLog: {ti.log_url}\nMLflow: {pipeline_run_url(ti)}"
+    )
 
-    def __init__(self, url: str | None = None, timeout: float = 10.0) -> None:
-        super().__init__()
-        self.url = url
-        self.timeout = timeout
 
-    def target(self) -> str | None:
-        return self.url or alert_webhook_url(runtime_settings().alert_webhook_url)
+class FailureAlert(SlackWebhookNotifier):
+    """The provider's Slack webhook notifier, with Lepton's message, sent only when the
+    `lepton_alert_webhook` Connection exists; a delivery failure never fails anything else."""
 
-    def payload(self, context: Any) -> dict[str, Any]:
-        ti = context["ti"]
-        reason = failure_reason(context.get("exception"))
-        links = {"airflow_log": ti.log_url, "mlflow_run": pipeline_run_url(ti)}
-        return {
-            "text": (
-                f"Lepton: {ti.dag_id} step {ti.task_id} failed: {reason}\n"
-                f"Log: {links['airflow_log']}\nMLflow: {links['mlflow_run']}"
-            ),
-            "dag_id": ti.dag_id,
-            "run_id": ti.run_id,
-            "step": ti.task_id,
-            "try_number": ti.try_number,
-            "reason": reason,
-            "links": links,
-        }
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(slack_webhook_conn_id=ALERT_CONN_ID, text="", timeout=10, **kwargs)
 
     def notify(self, context: Any) -> None:
-        url = self.target()
-        if not url:
+        if connection(ALERT_CONN_ID) is None:
             return
-        body = json.dumps(self.payload(context)).encode()
-        request = urllib.request.Request(
-            url, data=body, headers={"Content-Type": "application/json"}, method="POST"
-        )
+        self.text = alert_text(context)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout):
-                pass
-        except OSError as exc:  # an alert must never turn into a second failure
+            super().notify(context)
+        except Exception as exc:  # an alert must never turn into a second failure
             # the URL itself is a secret (a Slack webhook URL is its own credential)
             log.warning("could not deliver the failure alert: %s", type(exc).__name__)
 
 
-def failure_callbacks() -> list[BaseNotifier]:
+def failure_callbacks() -> list[Any]:
     """Always attached; whether and where to post is decided when a step fails."""
-    return [WebhookFailureNotifier()]
+    return [FailureAlert()]

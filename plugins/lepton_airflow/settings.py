@@ -28,14 +28,9 @@ class RuntimeSettings(Settings):
 
     runtime: Literal["local", "docker", "kubernetes"] = "local"
     schedule: str = Field(default="0 2 * * *", description="Nightly retraining cron, UTC.")
-    landing_uri: str | None = None
 
     mlflow_ui_url: str = Field(
         default="http://localhost:5000", description="Where users open MLflow (extra links)."
-    )
-
-    alert_webhook_url: str | None = Field(
-        default=None, description="POST a JSON alert here when a step fails (Slack-compatible)."
     )
 
     task_image: str = "lepton/task:0.2.0"
@@ -58,10 +53,6 @@ class RuntimeSettings(Settings):
             {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
         ]
     )
-
-    @property
-    def landing(self) -> str:
-        return self.landing_uri or str(self.home.resolve() / "landing")
 
 
 # Settings of the orchestrator alone, derived from the fields it adds to the steps' settings:

@@ -63,7 +63,7 @@ def docker_runtime(
             }
         ),
     )
-    monkeypatch.setenv("AIRFLOW_CONN_LEPTON_ALERT_WEBHOOK", alerts.url)
+    monkeypatch.setenv("AIRFLOW_CONN_LEPTON_ALERT_WEBHOOK", alerts.connection)
     for key, value in {
         "RUNTIME": "docker",
         "DOCKER_URL": docker_host,
@@ -150,9 +150,10 @@ def test_three_nights_as_containers_against_mlflow_on_postgres(
     landed = stack.shell(f"ls {LANDING}; echo ---; ls {LANDING}/_quarantine").split("---")
     assert "skewed" not in landed[0] and "skewed" in landed[1]
     (alert,) = alerts.received
-    assert alert["step"] == "validate" and alert["run_id"] == bad.run_id
-    assert alert["reason"].startswith("lepton-tasks validate: DataValidationError: ")
-    assert "container" not in alert["reason"].lower()
+    assert f"step validate failed (run {bad.run_id}, try 1): " in alert["text"]
+    reason = alert["text"].split(", try 1): ", 1)[1].splitlines()[0]
+    assert reason.startswith("lepton-tasks validate: DataValidationError: ")
+    assert "container" not in reason.lower()
 
     mlflow_container = ContainerWatcher(MLFLOW_IMAGE)
     mlflow_container.poll_once()
@@ -235,19 +236,24 @@ def test_forty_promotions_and_rollbacks_on_postgres(
 
     # a move the registry refuses (no version 99) leaves neither the alias nor a record
     with pytest.raises(Exception, match="99"):
-        move_champion(client, name, "99", {"previous": "1", "by": "x", "reason": "bad"})
+        move_champion(client, name, "99", {"by": "x", "reason": "bad"}, expected="1")
     assert len(describe_model(name).promotion_history) == 40
     assert str(client.get_model_version_by_alias(name, "champion").version) == "1"
+    # every move took the champion lock (a registered model) and released it
+    assert not client.search_registered_models(filter_string=f"name = '{name}.lepton-lock'")
 
     # the Lepton page reads the same registry (as the steps' user, like the api-server)
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.core_api.security import get_user
 
     from lepton_airflow.ui.model_page import app
+    from lepton_tasks.settings import get_settings
 
+    monkeypatch.setenv("LEPTON_MODEL_NAME", name)  # the page shows the configured model only
+    get_settings.cache_clear()
     app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="ana", role="admin")
     try:
-        page = TestClient(app).get("/", params={"model_name": name}).text
+        page = TestClient(app).get("/").text
     finally:
         app.dependency_overrides.clear()
     assert '<strong id="champion">v1</strong>' in page

@@ -37,7 +37,7 @@ def xcom(dag_run, task_id: str, key: str):
 
 
 class AlertSink:
-    """A webhook receiver on loopback that keeps what it is sent."""
+    """A Slack-style incoming webhook on loopback that keeps what it is sent."""
 
     def __init__(self) -> None:
         received = self.received = []
@@ -45,8 +45,10 @@ class AlertSink:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-                self.send_response(204)
+                self.send_response(200)  # what Slack answers
+                self.send_header("Content-Length", "2")
                 self.end_headers()
+                self.wfile.write(b"ok")
 
             def log_message(self, *args) -> None:
                 pass
@@ -54,6 +56,11 @@ class AlertSink:
         self.server = HTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def connection(self) -> str:
+        """The `lepton_alert_webhook` Connection (AIRFLOW_CONN_...) that posts here."""
+        return json.dumps({"conn_type": "slackwebhook", "password": self.url})
 
 
 def night(day: int) -> datetime:

@@ -61,7 +61,7 @@ def test_labels_outside_the_class_set_quarantine_the_landing_batch(
     tmp_path: Path, lepton_env: Path
 ) -> None:
     images, labels = digits()
-    landing = tmp_path / "landing"
+    landing = lepton_env / "landing"  # the configured landing zone
     bad = labels[:200].astype(np.int64)
     bad[[3, 9]] = [10, 11]
     write_npz(landing / "batch-1.npz", images[:200], bad)

@@ -42,14 +42,36 @@ def registry(lepton_env: Path) -> MlflowClient:
     return client
 
 
-@pytest.fixture
-def signed_in():
+def signed_in_as(role: str, name: str = "ana") -> TestClient:
     from airflow.api_fastapi.auth.managers.simple.user import SimpleAuthManagerUser
     from airflow.api_fastapi.core_api.security import get_user
 
-    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username="ana", role="admin")
-    yield TestClient(app)
+    app.dependency_overrides[get_user] = lambda: SimpleAuthManagerUser(username=name, role=role)
+    return TestClient(app)
+
+
+@pytest.fixture
+def signed_in():
+    yield signed_in_as("admin")
     app.dependency_overrides.clear()
+
+
+@pytest.fixture
+def viewer():
+    yield signed_in_as("viewer", "vic")
+    app.dependency_overrides.clear()
+
+
+SAME_ORIGIN = {"Origin": "http://testserver"}  # what a browser sends from the page itself
+
+
+def roll_back(client: TestClient, version: str, reason: str, expected: str = "1", **headers):
+    return client.post(
+        "/rollback",
+        data={"version": version, "reason": reason, "expected_champion": expected},
+        headers={**SAME_ORIGIN, **headers},
+        follow_redirects=False,
+    )
 
 
 def test_the_page_needs_an_airflow_login(registry: MlflowClient) -> None:
@@ -77,9 +99,7 @@ def test_the_page_shows_versions_champion_and_lineage(registry: MlflowClient, si
 def test_rollback_moves_the_champion_and_records_who_and_why(
     registry: MlflowClient, signed_in
 ) -> None:
-    done = signed_in.post(
-        "/rollback", data={"version": "2", "reason": "v1 misreads 7s"}, follow_redirects=False
-    )
+    done = roll_back(signed_in, "2", "v1 misreads 7s")
     assert done.status_code == 303
     assert done.headers["location"].startswith("/lepton/?model_name=lepton-digits")
     assert (
@@ -92,5 +112,59 @@ def test_rollback_moves_the_champion_and_records_who_and_why(
     page = signed_in.get("/").text
     assert '<strong id="champion">v2</strong>' in page
     assert "(was v1) by ana: rollback: v1 misreads 7s" in page
-    bad = signed_in.post("/rollback", data={"version": "9", "reason": "typo"})
+    bad = roll_back(signed_in, "9", "typo", expected="2")
     assert bad.status_code == 400 and "no version 9" in bad.json()["detail"]
+
+
+def test_a_viewer_may_read_but_not_roll_back(registry: MlflowClient, viewer) -> None:
+    """Before (issue 12): any logged-in user could move the champion."""
+    assert viewer.get("/").status_code == 200
+    refused = roll_back(viewer, "2", "I am only a viewer")
+    assert refused.status_code == 403 and "may not edit lepton_training" in refused.text
+    assert str(registry.get_model_version_by_alias("lepton-digits", "champion").version) == "1"
+
+
+def test_a_cross_site_post_is_refused(registry: MlflowClient, signed_in) -> None:
+    """Before: the session cookie alone authorized the POST (CSRF)."""
+    for headers in ({"Origin": "https://evil.example"}, {"Origin": ""}, {"Referer": "x"}):
+        client_headers = {k: v for k, v in headers.items()}
+        done = signed_in.post(
+            "/rollback",
+            data={"version": "2", "reason": "forged", "expected_champion": "1"},
+            headers=client_headers,
+            follow_redirects=False,
+        )
+        assert done.status_code == 403, headers
+    assert str(registry.get_model_version_by_alias("lepton-digits", "champion").version) == "1"
+
+
+def test_only_the_configured_model_is_shown_or_moved(registry: MlflowClient, signed_in) -> None:
+    """Before: `model_name` let a user move `champion` on any registered model."""
+    registry.create_registered_model("someone-elses")
+    assert signed_in.get("/", params={"model_name": "someone-elses"}).status_code == 403
+    done = signed_in.post(
+        "/rollback",
+        data={
+            "version": "1",
+            "reason": "x",
+            "expected_champion": "",
+            "model_name": "someone-elses",
+        },
+        headers=SAME_ORIGIN,
+        follow_redirects=False,
+    )
+    assert done.status_code == 403
+
+
+def test_a_stale_page_does_not_override_a_newer_move(registry: MlflowClient, signed_in) -> None:
+    assert roll_back(signed_in, "2", "first").status_code == 303
+    stale = roll_back(signed_in, "2", "from a page that still shows v1", expected="1")
+    assert stale.status_code == 409 and "ChampionMovedError" in stale.text
+
+
+def test_behind_a_proxy_the_configured_base_url_is_this_server(
+    registry: MlflowClient, signed_in, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com")
+    done = roll_back(signed_in, "2", "via the proxy", Origin="https://airflow.example.com")
+    assert done.status_code == 303

@@ -242,24 +242,45 @@ def test_kubernetes_runtime_applies_the_exit_code_policy_from_the_pod_status(
 def test_mlflow_and_alerts_come_from_airflow_connections(
     tmp_path: Path, lepton_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Connections (so any secrets backend) win over the environment, read at run time."""
-    from lepton_airflow.notifiers import WebhookFailureNotifier
+    """Connections (so any secrets backend) win over the environment, read at run time; the
+    alert goes through the Slack provider's webhook notifier."""
+    from types import SimpleNamespace
 
-    monkeypatch.setenv("LEPTON_ALERT_WEBHOOK_URL", "http://from-the-environment/alerts")
+    from lepton_airflow.notifiers import FailureAlert
+    from tests.dags.helpers import AlertSink
+
     operator = step("ingest", run_dir=str(tmp_path / "run"), source="sklearn:digits")
     assert operator.process_environment()["MLFLOW_TRACKING_URI"].startswith("sqlite:")
-    assert WebhookFailureNotifier().target() == "http://from-the-environment/alerts"
-
     connection = {"conn_type": "http", "host": "mlflow.internal", "port": 5000}
     connection |= {"login": "lepton", "password": "s3cret"}
     monkeypatch.setenv("AIRFLOW_CONN_LEPTON_MLFLOW", json.dumps(connection))
-    monkeypatch.setenv("AIRFLOW_CONN_LEPTON_ALERT_WEBHOOK", "https://hooks.example/services/T/B/X")
     env = operator.process_environment()
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow.internal:5000"
     assert (
         env["MLFLOW_TRACKING_USERNAME"] == "lepton" and env["MLFLOW_TRACKING_PASSWORD"] == "s3cret"
     )
-    assert WebhookFailureNotifier().target() == "https://hooks.example/services/T/B/X"
+
+    ti = SimpleNamespace(
+        dag_id="lepton_training",
+        task_id="validate",
+        run_id="manual__1",
+        try_number=1,
+        log_url="http://airflow/log",
+        xcom_pull=lambda **kwargs: None,
+    )
+    context = {"ti": ti, "exception": Exception("lepton-tasks validate: DataValidationError: x")}
+    sink = AlertSink()
+    FailureAlert().notify(context)  # no Connection: alerts are off
+    assert sink.received == []
+    monkeypatch.setenv("AIRFLOW_CONN_LEPTON_ALERT_WEBHOOK", sink.connection)
+    FailureAlert().notify(context)
+    (alert,) = sink.received
+    assert alert["text"].startswith("Lepton: lepton_training step validate failed (run manual__1")
+    monkeypatch.setenv(  # an unreachable webhook is logged, never raised
+        "AIRFLOW_CONN_LEPTON_ALERT_WEBHOOK",
+        json.dumps({"conn_type": "slackwebhook", "password": "http://127.0.0.1:9/hook"}),
+    )
+    FailureAlert().notify(context)
 
 
 def test_orchestration_settings_never_reach_the_steps(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -63,7 +63,7 @@ def test_examples_keep_their_split_when_data_grows(tmp_path: Path, lepton_env: P
 
 def test_landing_zone_bad_batch_is_moved_to_quarantine(tmp_path: Path, lepton_env: Path) -> None:
     images, labels = digits()
-    landing = tmp_path / "landing"
+    landing = lepton_env / "landing"  # the configured landing zone
     write_npz(landing / "batch-001.npz", images[:500], labels[:500])
     bad_labels = labels[500:900].copy()
     bad_labels[7] = 42
@@ -94,7 +94,7 @@ def test_direct_bad_source_is_copied_to_quarantine_and_left_in_place(
 
 def test_mixed_shapes_across_batches(tmp_path: Path, lepton_env: Path, mnist_dir: Path) -> None:
     images, labels = digits()
-    landing = tmp_path / "landing"
+    landing = lepton_env / "landing"  # the configured landing zone
     write_npz(landing / "a.npz", images[:300], labels[:300])
     mnist = np.zeros((300, 28, 28), np.uint8)
     write_npz(landing / "b.npz", mnist, labels[:300])

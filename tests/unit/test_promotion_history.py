@@ -49,7 +49,7 @@ def test_a_long_reason_is_cut_to_fit_a_tag(two_versions: MlflowClient, tmp_path:
 
 def test_a_refused_move_leaves_no_record(two_versions: MlflowClient) -> None:
     with pytest.raises(MlflowException):
-        move_champion(two_versions, "m", "99", {"previous": None, "by": "x", "reason": "y"})
+        move_champion(two_versions, "m", "99", {"by": "x", "reason": "y"}, expected=None)
     assert describe_model("m").promotion_history == []
     assert "champion" not in two_versions.get_registered_model("m").aliases
 

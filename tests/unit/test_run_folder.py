@@ -16,7 +16,6 @@ def test_a_step_keeps_its_result_where_the_next_step_is_told_to_read_it(
     result = ingest("sklearn:digits", run)
     folder = RunFolder(run)
     assert result.result_uri == folder.result_uri("ingest")
-    assert result.snapshot_uri == folder.snapshot_uri
     assert read_result(result.result_uri, IngestResult) == result
 
 
@@ -42,3 +41,13 @@ def test_orchestrator_run_ids_become_safe_folder_names(tmp_path: Path) -> None:
     )
     assert Path(folder.uri).parent == tmp_path / "lepton_training"
     assert ":" not in Path(folder.uri).name and "+" not in Path(folder.uri).name
+
+
+def test_run_ids_that_differ_only_in_unsafe_characters_get_different_folders(
+    tmp_path: Path,
+) -> None:
+    """Before (issue 12): `a:b` and `a_b` shared one run folder."""
+    first = RunFolder.for_orchestrator_run(str(tmp_path), "dag", "a:b")
+    second = RunFolder.for_orchestrator_run(str(tmp_path), "dag", "a_b")
+    assert first.uri != second.uri
+    assert Path(second.uri).name == "a_b"  # a safe id is kept as it is

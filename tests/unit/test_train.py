@@ -9,10 +9,10 @@ import pytest
 from lepton_tasks.errors import UsageError
 from lepton_tasks.models import ARCHITECTURES, get_architecture
 from lepton_tasks.results import TrainResult
-from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.steps import train as train_module
 from lepton_tasks.steps.ingest import ingest
 from lepton_tasks.steps.train import TrainParams, auto_epochs, train
+from tests.conftest import ingested_snapshot
 
 
 @pytest.mark.parametrize("name", sorted(ARCHITECTURES))
@@ -44,7 +44,7 @@ class CrashingReporter(train_module.EpochReporter):
 
 def train_run(run: str, params: TrainParams) -> TrainResult:
     """Train on the snapshot that ingest left in the run folder `run`."""
-    return train(RunFolder(run).snapshot_uri, run, params=params)
+    return train(ingested_snapshot(run), run, params=params)
 
 
 def test_rerunning_a_crashed_run_resumes_from_the_last_epoch(
@@ -57,7 +57,9 @@ def test_rerunning_a_crashed_run_resumes_from_the_last_epoch(
         patch.setattr(train_module, "EpochReporter", CrashingReporter)
         with pytest.raises(RuntimeError, match="simulated worker crash"):
             train_run(run, params=params)
-    assert (tmp_path / "run" / "train" / "backup").exists()
+    # two checkpoints (issue 12): a kill while one is written leaves the other to resume from
+    (backup,) = (tmp_path / "run" / "train" / "backup").iterdir()  # one per snapshot and params
+    assert {p.name for p in backup.iterdir()} >= {"latest.weights.h5", "latest.weights.h5.bkp"}
 
     resumed = train_run(run, params=params)
     assert resumed.resumed_from_epoch == 2

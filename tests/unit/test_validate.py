@@ -10,10 +10,9 @@ import pytest
 
 from lepton_tasks.errors import DataValidationError
 from lepton_tasks.results import ValidateResult
-from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.steps.ingest import ingest
 from lepton_tasks.steps.validate import validate
-from tests.conftest import digits, write_npz
+from tests.conftest import digits, ingested_snapshot, write_npz
 
 
 def snapshot_of(tmp_path: Path, name: str, images: np.ndarray, labels: np.ndarray) -> str:
@@ -24,7 +23,7 @@ def snapshot_of(tmp_path: Path, name: str, images: np.ndarray, labels: np.ndarra
 
 def validate_run(run: str | Path, **options: object) -> ValidateResult:
     """Validate the snapshot that ingest left in the run folder `run`."""
-    return validate(RunFolder(str(run)).snapshot_uri, str(run), **options)
+    return validate(ingested_snapshot(run), str(run), **options)
 
 
 def failed_checks(excinfo: pytest.ExceptionInfo[DataValidationError]) -> dict[str, dict]:
@@ -77,16 +76,16 @@ def test_drift_against_a_reference_snapshot(tmp_path: Path, lepton_env: Path) ->
     images, labels = digits()
     reference = snapshot_of(tmp_path, "ref", images, labels)
     inverted = snapshot_of(tmp_path, "inverted", 255 - images, labels)
-    ok = validate_run(reference, reference_uri=f"{reference}/ingest/snapshot", data_docs=False)
+    ok = validate_run(reference, reference_uri=ingested_snapshot(reference), data_docs=False)
     assert ok.success and ok.reference_snapshot_id
     with pytest.raises(DataValidationError, match="pixel intensity drift") as caught:
-        validate_run(inverted, reference_uri=f"{reference}/ingest/snapshot", data_docs=False)
+        validate_run(inverted, reference_uri=ingested_snapshot(reference), data_docs=False)
     assert "label drift" not in " ".join(failed_checks(caught))
 
 
 def test_failing_landing_batch_is_found_and_quarantined(tmp_path: Path, lepton_env: Path) -> None:
     images, labels = digits()
-    landing = tmp_path / "landing"
+    landing = lepton_env / "landing"  # the configured landing zone
     write_npz(landing / "batch-001.npz", images[:1200], labels[:1200])
     ones = labels == 1
     write_npz(landing / "batch-002.npz", images[ones][:150], labels[ones][:150])  # only 1s
@@ -106,7 +105,7 @@ def test_single_landing_batch_that_fails_is_moved_not_the_landing_zone(
     tmp_path: Path, lepton_env: Path
 ) -> None:
     images, labels = digits()
-    landing = tmp_path / "landing"
+    landing = lepton_env / "landing"  # the configured landing zone
     blank = np.zeros_like(images[:400])
     write_npz(landing / "batch-001.npz", blank, labels[:400])
     run = tmp_path / "run"

@@ -1,7 +1,14 @@
 """The Lepton page inside Airflow: the registered model, its versions and a champion rollback.
 
-A FastAPI app mounted by the Airflow api-server at /lepton (see plugins/lepton_plugin.py). Reading and rolling
-back both need a logged-in Airflow user; a rollback records who did it and why.
+A FastAPI app mounted by the Airflow api-server at /lepton (see plugins/lepton_plugin.py).
+
+- Reading needs a logged-in Airflow user who may read the training DAG; rolling back needs
+  one who may edit it (the auth manager decides: Viewer reads, User and above edit).
+- Only the configured model (LEPTON_MODEL_NAME) is shown or moved: the page acts with the
+  server's MLflow credentials, so it must not reach any other registered model.
+- A rollback is a POST whose Origin (or Referer) must be this server: another site cannot
+  make a signed-in browser submit it. It carries the champion the page showed, and is refused
+  if the champion moved since. It records who did it and why.
 """
 
 from __future__ import annotations
@@ -10,7 +17,7 @@ import html
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
-from fastapi import Depends, FastAPI, Form, HTTPException
+from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
 from lepton_airflow.ui.links import mlflow_model_version_url
@@ -27,6 +34,45 @@ def _current_user() -> Any:
 
 app = FastAPI(title="Lepton", docs_url=None, redoc_url=None)
 User = Depends(_current_user())
+TRAINING_DAG = "lepton_training"
+
+
+def _authorize(user: Any, method: str) -> None:
+    """403 unless the auth manager lets `user` read (GET) or edit (PUT) the training DAG."""
+    from airflow.api_fastapi.app import create_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+
+    allowed = create_auth_manager().is_authorized_dag(
+        method=method, details=DagDetails(id=TRAINING_DAG), user=user
+    )
+    if not allowed:
+        action = "edit" if method != "GET" else "read"
+        raise HTTPException(status_code=403, detail=f"you may not {action} {TRAINING_DAG}")
+
+
+def _model_name(requested: str | None) -> str:
+    """The configured model; any other name is refused (the page has the server's creds)."""
+    from lepton_tasks.settings import get_settings
+
+    configured = get_settings().model_name
+    if requested not in (None, "", configured):
+        raise HTTPException(status_code=403, detail=f"this page shows '{configured}' only")
+    return configured
+
+
+def _same_origin(request: Request) -> None:
+    """403 unless the POST comes from a page of this server (Origin, else Referer)."""
+    from urllib.parse import urlsplit
+
+    from airflow.configuration import conf
+
+    claimed = urlsplit(request.headers.get("origin") or request.headers.get("referer") or "")
+    # this server as the request reached it, and as Airflow is configured to be seen (behind a
+    # proxy that terminates TLS the two differ in scheme)
+    ours = {str(request.base_url), conf.get("api", "base_url", fallback="") or ""}
+    allowed = {(u.scheme, u.netloc) for u in map(urlsplit, ours) if u.netloc}
+    if not claimed.netloc or (claimed.scheme, claimed.netloc) not in allowed:
+        raise HTTPException(status_code=403, detail="cross-site request refused")
 
 
 def _info(model_name: str | None) -> Any:
@@ -34,30 +80,40 @@ def _info(model_name: str | None) -> Any:
     from lepton_tasks.registry import describe_model
 
     try:
-        return describe_model(model_name)
+        return describe_model(_model_name(model_name))
     except LeptonError as exc:
         raise HTTPException(status_code=404, detail=exc.one_line()) from exc
 
 
 @app.get("/api/model")
 def model_json(model_name: str | None = None, user: Any = User) -> dict[str, Any]:
+    _authorize(user, "GET")
     return _info(model_name).model_dump(mode="json")
 
 
 @app.post("/rollback")
 def rollback(
+    request: Request,
     version: str = Form(...),
     reason: str = Form(...),
+    expected_champion: str = Form(""),  # "" (or missing): the page showed no champion
     model_name: str | None = Form(None),
     user: Any = User,
 ) -> RedirectResponse:
-    from lepton_tasks.errors import LeptonError
+    from lepton_tasks.errors import ChampionMovedError, LeptonError
     from lepton_tasks.registry import rollback as rollback_champion
     from lepton_tasks.settings import get_settings
 
+    _authorize(user, "PUT")
+    _same_origin(request)
+    name = _model_name(model_name)
     run_dir = f"{get_settings().runs_root}/ui-rollbacks"
     try:
-        done = rollback_champion(model_name, version, reason, user.get_name(), run_dir)
+        done = rollback_champion(
+            name, version, reason, user.get_name(), run_dir, expected_champion or None
+        )
+    except ChampionMovedError as exc:
+        raise HTTPException(status_code=409, detail=exc.one_line()) from exc
     except LeptonError as exc:
         raise HTTPException(status_code=400, detail=exc.one_line()) from exc
     query = urlencode(
@@ -77,6 +133,7 @@ def page(
     previous: str | None = None,
     user: Any = User,
 ) -> str:
+    _authorize(user, "GET")
     info = _info(model_name)
     champion = next((v for v in info.versions if "champion" in v.aliases), None)
     notice = ""
@@ -147,6 +204,8 @@ def _rollback_form(info: ModelInfo, champion: VersionInfo | None, user_name: str
         '<label>Reason <input name="reason" required minlength="3" '
         'placeholder="why the champion changes"></label>'
         f'<input type="hidden" name="model_name" value="{e(info.model_name)}">'
+        '<input type="hidden" name="expected_champion" '
+        f'value="{e(champion.version if champion else "")}">'
         '<button type="submit">Make champion</button>'
         f'<span class="muted">recorded as {e(user_name)}</span></form>'
     )
