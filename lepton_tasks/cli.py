@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from typing import Annotated, TypeVar
@@ -92,7 +93,14 @@ def _main(
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     os.environ["LEPTON_DEBUG"] = "1" if debug else os.environ.get("LEPTON_DEBUG", "")
+    # A stopped task (timeout, pod eviction) gets SIGTERM: exit through the `finally` blocks,
+    # so staging folders and temporary files are removed.
+    signal.signal(signal.SIGTERM, _terminated)
     _setup_logging(debug)
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _write_outcome(variable: str, payload: str) -> None:

@@ -54,6 +54,8 @@ def start(
         TrackingUnavailableError: MLflow cannot be reached.
     """
     params = params or {}
+    if "model" in params:  # renamed: an old trigger conf would silently train the default
+        raise UsageError("the param 'model' is now 'architecture' (e.g. {\"architecture\": ...})")
     if params.get("force_promotion") and not str(params.get("force_reason") or "").strip():
         raise UsageError("force_promotion needs a force_reason: say why the gate is bypassed")
     run_dir = run_dir or run_dir_for(dag_id, run_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
+import stat
 import uuid
 from datetime import UTC, datetime
 
@@ -15,15 +17,25 @@ log = logging.getLogger(__name__)
 
 
 def quarantine(batch_uri: str, error: LeptonError, root: str, *, move: bool) -> str:
-    """Copy (or move, for landing-zone batches) `batch_uri` under `root` next to `reason.json`.
+    """Move (landing-zone batches) or copy `batch_uri` under `root`, next to `reason.json`.
 
     Moving keeps the next nightly run from tripping over the same bad batch; the data and the
-    reason stay side by side for whoever fixes it.
+    reason stay side by side for whoever fixes it. Locally a move is one rename and a copy
+    keeps links as links and skips what is not a regular file (a FIFO, a device), so nothing
+    outside the batch is read or written through it.
     """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    _refuse_linked_root(root)
     # unique: two batches named alike in different folders (day-1/data, day-2/data) stay apart
     target = storage.join(root, f"{stamp}-{storage.basename(batch_uri)}-{uuid.uuid4().hex[:6]}")
-    storage.copy_tree(batch_uri, storage.join(target, storage.basename(batch_uri)))
+    storage.makedirs(target)
+    inner = storage.join(target, storage.basename(batch_uri))
+    if storage.is_local(batch_uri) and storage.is_local(target):
+        _local_set_aside(batch_uri.removeprefix("file://"), inner.removeprefix("file://"), move)
+    else:
+        storage.copy_tree(batch_uri, inner)
+        if move:
+            storage.remove(batch_uri)
     storage.write_json(
         storage.join(target, "reason.json"),
         {
@@ -35,10 +47,42 @@ def quarantine(batch_uri: str, error: LeptonError, root: str, *, move: bool) -> 
             "moved": move,
         },
     )
-    if move:
-        storage.remove(batch_uri)
     log.warning("quarantined %s -> %s (%s)", batch_uri, target, error.one_line())
     return target
+
+
+def _refuse_linked_root(root: str) -> None:
+    """A quarantine root that is a link (a producer could plant one in the zone) could send
+    batches anywhere: refuse it."""
+    if storage.is_local(root) and os.path.islink(root.removeprefix("file://").rstrip("/")):
+        raise OSError(f"quarantine folder {root} is a symbolic link; refusing to write through it")
+
+
+def _local_set_aside(source: str, target: str, move: bool) -> None:
+    if move:
+        try:
+            os.rename(source, target)
+            return
+        except OSError:  # another filesystem: copy, then remove
+            pass
+    if os.path.isdir(source) and not os.path.islink(source):
+        shutil.copytree(source, target, symlinks=True, ignore=_not_regular)
+    elif os.path.isfile(source) and not os.path.islink(source):
+        shutil.copy2(source, target)
+    if move:
+        shutil.rmtree(source) if os.path.isdir(source) and not os.path.islink(
+            source
+        ) else os.remove(source)
+
+
+def _not_regular(folder: str, names: list[str]) -> set[str]:
+    """Entries a copy must not open: anything but folders, regular files and links."""
+    skipped = set()
+    for name in names:
+        mode = os.lstat(os.path.join(folder, name)).st_mode
+        if not (stat.S_ISDIR(mode) or stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            skipped.add(name)
+    return skipped
 
 
 def quarantine_bad_data(source: str, batch_uris: list[str], error: LeptonError) -> list[str]:

@@ -80,46 +80,79 @@ def promotion_history(tags: Mapping[str, str]) -> list[dict[str, Any]]:
 def champion_lock(client: Any, model_name: str, holder: str) -> Iterator[None]:
     """Hold the lock every champion move of `model_name` takes (register and rollback).
 
+    Each hold has its own token: only the holder releases it, and a stale lock is broken
+    only if it is still the one found stale.
+
     Raises:
         RegistryError: another holder kept it past LEPTON_REGISTRY_LOCK_TIMEOUT_S.
     """
-    from mlflow.exceptions import MlflowException
-
     settings = get_settings()
     name = f"{model_name}{LOCK_SUFFIX}"
+    token = uuid.uuid4().hex
     deadline = time.monotonic() + settings.registry_lock_timeout_s
-    while True:
-        try:
-            tags = {"lepton.lock_holder": holder, "lepton.lock_since": str(time.time())}
-            client.create_registered_model(name, tags=tags, description="Lepton: champion lock")
-            break
-        except MlflowException as exc:
-            if "RESOURCE_ALREADY_EXISTS" not in str(exc.error_code):
-                raise
-        held = _lock_holder(client, name)
-        if held and time.time() - held[1] > settings.registry_lock_stale_s:
-            log.warning("breaking the stale champion lock of %s (held by %s)", model_name, held[0])
-            with contextlib.suppress(MlflowException):
-                client.delete_registered_model(name)
-            continue
+    while not _try_lock(client, name, holder, token):
+        held = _lock_tags(client, name)
+        if held and time.time() - float(held.get("lepton.lock_since", "0")) > (
+            settings.registry_lock_stale_s
+        ):
+            _break_stale(client, name, held)
         if time.monotonic() > deadline:
-            who = f" by {held[0]}" if held else ""
+            who = f" by {held.get('lepton.lock_holder', '?')}" if held else ""
             raise RegistryError(f"the champion of '{model_name}' is locked{who}; try again later")
         time.sleep(0.5)
     try:
         yield
     finally:
-        client.delete_registered_model(name)
+        _release(client, name, token)
 
 
-def _lock_holder(client: Any, name: str) -> tuple[str, float] | None:
+def _try_lock(client: Any, name: str, holder: str, token: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    tags = {
+        "lepton.lock_holder": holder,
+        "lepton.lock_since": str(time.time()),
+        "lepton.lock_token": token,
+    }
+    try:
+        client.create_registered_model(name, tags=tags, description="Lepton: champion lock")
+    except MlflowException as exc:
+        if "RESOURCE_ALREADY_EXISTS" in str(exc.error_code):
+            return False
+        raise
+    return True
+
+
+def _lock_tags(client: Any, name: str) -> dict[str, str] | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        tags = client.get_registered_model(name).tags
+        return dict(client.get_registered_model(name).tags)
     except MlflowException:  # released in between
         return None
-    return tags.get("lepton.lock_holder", "?"), float(tags.get("lepton.lock_since", "0"))
+
+
+def _break_stale(client: Any, name: str, seen: dict[str, str]) -> None:
+    now = _lock_tags(client, name)
+    if now is None or now.get("lepton.lock_token") != seen.get("lepton.lock_token"):
+        return  # released or taken again since it was read
+    log.warning("breaking a stale champion lock held by %s", seen.get("lepton.lock_holder"))
+    _release(client, name, seen.get("lepton.lock_token", ""))
+
+
+def _release(client: Any, name: str, token: str) -> None:
+    """Delete the lock if it is still `token`'s.
+
+    A failure is logged, never raised: the move it guarded has happened, or failed for its own
+    reason.
+    """
+    held = _lock_tags(client, name)
+    if held is None or held.get("lepton.lock_token", "") != token:
+        return
+    try:
+        client.delete_registered_model(name)
+    except Exception:
+        log.warning("could not release the champion lock %s", name, exc_info=True)
 
 
 def move_champion(
@@ -142,7 +175,8 @@ def move_champion(
     Raises:
         ChampionMovedError: the champion is not `expected` any more; nothing was changed.
     """
-    with champion_lock(client, model_name, str(entry.get("by") or "?")):
+    holder = " ".join(str(entry[k]) for k in ("by", "pipeline_run_id") if entry.get(k)) or "?"
+    with champion_lock(client, model_name, holder):
         current = champion_version(model_name)
         previous = str(current.version) if current else None
         if previous != expected:

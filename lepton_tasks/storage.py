@@ -72,6 +72,18 @@ def read_json(uri: str) -> Any:
         return json.load(handle)
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would, for every thread)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    return 0o022
+
+
 def write_json(uri: str, payload: Any) -> None:
     """Write `payload` as JSON, atomically (see `write_bytes`)."""
     write_bytes(uri, json.dumps(payload, indent=2, sort_keys=True, default=str).encode())
@@ -99,7 +111,7 @@ def write_bytes(uri: str, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide results from other users
+        os.chmod(temporary, 0o666 & ~_umask())  # what open() would have made, not mkstemp's 0600
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -207,8 +207,26 @@ def _idx_header(uri: str, expected_magic: int) -> tuple[IO[bytes], list[int]]:
     return handle, dims
 
 
+def _visible_files(folder: str) -> dict[str, str]:
+    """The folder's entries by name, by the landing protocol: no `.`/`_` names, and no link
+    whose target lies outside the folder."""
+    names = {}
+    for uri in storage.list_dir(folder):
+        name = storage.basename(uri)
+        local = _local_path(uri)
+        if name.startswith((".", "_")):
+            continue
+        if local is not None and os.path.islink(local):
+            target, home = os.path.realpath(local), os.path.realpath(_local_path(folder) or folder)
+            if os.path.commonpath([target, home]) != home:
+                log.warning("skipping link %s -> %s: outside the folder", uri, target)
+                continue
+        names[name] = uri
+    return names
+
+
 def _find_idx_pairs(folder: str) -> list[tuple[str, str]]:
-    names = {storage.basename(u): u for u in storage.list_dir(folder)}
+    names = _visible_files(folder)
     pairs = []
     for name, uri in names.items():
         if "idx3-ubyte" not in name:
@@ -300,7 +318,7 @@ def npz_batch(uri: str) -> Batch:
         raise InputDataError("file not found", where=uri)
     try:
         with storage.open_uri(uri, "rb") as handle, zipfile.ZipFile(handle) as archive:
-            found = sorted(n.removesuffix(".npy") for n in archive.namelist())
+            found = sorted(n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy"))
             missing = [key for key in ("x", "y") if key not in found]
             if missing:
                 raise InputDataError(
@@ -319,12 +337,13 @@ def npz_batch(uri: str) -> Batch:
     check_counts(shape[0], int(np.prod(labels_shape)), uri)
 
     def read(chunk_size: int) -> Iterator[Chunk]:
-        try:
-            arrays = storage.load_npz(uri)
+        try:  # x and y only: another member's size was never checked
+            with storage.open_uri(uri, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
+                images, labels = npz["x"], npz["y"]
         except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
             raise InputDataError(f"not a readable .npz archive: {exc}", where=uri) from exc
-        images = to_uint8(check_images(arrays["x"], uri), uri)
-        yield from array_chunks(images, arrays["y"].reshape(-1), chunk_size)
+        images = to_uint8(check_images(images, uri), uri)
+        yield from array_chunks(images, labels.reshape(-1), chunk_size)
 
     name = storage.basename(uri).removesuffix(".npz")
     return Batch(name, uri, "npz", shape[0], tuple(shape[1:]), read, [uri])
@@ -356,9 +375,16 @@ def _check_parquet_schema(parquet: Any, uri: str) -> None:
             raise InputDataError(
                 f"column '{name}' is {schema.field(name).type}; expected integers", where=uri
             )
-    metadata = parquet.metadata
-    size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-    check_declared_size((size,), 1, uri)
+    # the decoded size: rows x pixels per row x bytes per pixel (the file's own sizes are of
+    # encoded pages, which dictionary and run-length encoding can shrink a thousandfold)
+    if pa.types.is_fixed_size_list(image):
+        pixels = image.list_size
+    else:
+        first = next(parquet.iter_batches(batch_size=1, columns=["image"]), None)
+        pixels = first.column(0).value_lengths()[0].as_py() or 0 if first is not None else 0
+    check_declared_size(
+        (parquet.metadata.num_rows, pixels), max(image.value_type.bit_width // 8, 1), uri
+    )
 
 
 def _no_nulls(table: Any, uri: str) -> None:
@@ -429,8 +455,12 @@ def parquet_batch(uri: str) -> Batch:
             where=uri,
         )
     _check_parquet_schema(parquet, uri)
-    first = parquet.read_row_group(0) if parquet.num_row_groups else None
-    shape = tuple(_parquet_images(first.slice(0, 1), uri).shape[1:]) if first is not None else ()
+    first = next(parquet.iter_batches(batch_size=1), None)  # one row, not a row group
+    shape = (
+        tuple(_parquet_images(pa.Table.from_batches([first]), uri).shape[1:])
+        if first is not None
+        else ()
+    )
 
     def read(chunk_size: int) -> Iterator[Chunk]:
         for record_batch in parquet.iter_batches(batch_size=chunk_size):

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
+import shutil
+import time
 import uuid
 from typing import Any
 
@@ -11,6 +16,7 @@ from lepton_tasks.data import readers
 from lepton_tasks.data.snapshot import MANIFEST, SnapshotWriter
 from lepton_tasks.errors import InputDataError, NothingToIngestError, UsageError
 from lepton_tasks.quarantine import quarantine_bad_data
+from lepton_tasks.redact import redact
 from lepton_tasks.results import BatchInfo, IngestResult, records_result
 from lepton_tasks.settings import get_settings
 
@@ -31,7 +37,7 @@ def ingest(
     Args:
         source: a dataset URI (see `readers.open_source`) or a landing-zone folder of batches.
         run_dir: the run folder; the result goes to its `ingest/`, the snapshot to
-            `<snapshot root>/<snapshot id>` (content-addressed, never rewritten).
+            `<snapshot root>/<snapshot id>-<provenance>` (content-addressed, never rewritten).
         fmt: auto (from the URI), sklearn, idx, npz or parquet.
         class_names: the label set [default: LEPTON_CLASSES].
         chunk_size: examples read at a time, which bounds memory.
@@ -47,13 +53,12 @@ def ingest(
     _check_landed(source, when_empty)
     settings = get_settings()
     class_names = list(class_names or settings.classes)
+    _sweep_staging(settings.snapshot_root)
     staging = storage.join(settings.snapshot_root, f".staging-{uuid.uuid4().hex}")
     writer = SnapshotWriter(staging, class_names, settings.val_fraction, settings.test_fraction)
     try:
         manifest, batch_infos = _write_batches(writer, source, fmt, chunk_size)
-        snapshot_uri = _publish(
-            staging, storage.join(settings.snapshot_root, manifest["snapshot_id"])
-        )
+        snapshot_uri = _publish(staging, storage.join(settings.snapshot_root, _address(manifest)))
     except InputDataError as exc:
         _quarantine(exc, source)
         raise
@@ -76,6 +81,39 @@ def ingest(
     )
 
 
+def _address(manifest: dict[str, Any]) -> str:
+    """`<snapshot id>-<provenance>`: the content, and where it was read from.
+
+    The provenance (source and batches) is part of the address because validation names and
+    quarantines batches by it: the same content read from other files is another folder with
+    the same snapshot id, so one run never acts on another run's batches.
+    """
+    batches = [(b["name"], b.get("origin"), b["count"]) for b in manifest["batches"]]
+    layout = json.dumps([manifest["source"], batches], sort_keys=True).encode()
+    return f"{manifest['snapshot_id']}-{hashlib.sha256(layout).hexdigest()[:8]}"
+
+
+STAGING_MAX_AGE_S = 24 * 3600
+
+
+def _sweep_staging(root: str) -> None:
+    """Remove staging folders of ingests that died more than a day ago.
+
+    A killed process cannot clean up after itself.
+    """
+    local = root.removeprefix("file://") if storage.is_local(root) else None
+    if local is None or not os.path.isdir(local):
+        return
+    for name in os.listdir(local):
+        path = os.path.join(local, name)
+        if (
+            name.startswith(".staging-")
+            and time.time() - os.path.getmtime(path) > STAGING_MAX_AGE_S
+        ):
+            log.info("removing the staging folder of an ingest that died: %s", name)
+            shutil.rmtree(path, ignore_errors=True)
+
+
 def _publish(staging: str, snapshot_uri: str) -> str:
     """Rename the staged snapshot to its content address.
 
@@ -84,11 +122,28 @@ def _publish(staging: str, snapshot_uri: str) -> str:
     if storage.exists(storage.join(snapshot_uri, MANIFEST)):
         log.info("snapshot %s exists: same content", storage.basename(snapshot_uri))
         return snapshot_uri
+    if not storage.is_local(snapshot_uri):
+        return _publish_remote(staging, snapshot_uri)
     try:
         storage.move(staging, snapshot_uri)
     except OSError:  # another run published the same content first
         if not storage.exists(storage.join(snapshot_uri, MANIFEST)):
             raise
+    return snapshot_uri
+
+
+def _publish_remote(staging: str, snapshot_uri: str) -> str:
+    """Publish to an object store, which has no rename.
+
+    The shards go first and the manifest last, so a folder with a manifest is always whole;
+    one without is an interrupted publish, redone.
+    """
+    if storage.exists(snapshot_uri):
+        storage.remove(snapshot_uri)
+    for entry in storage.list_dir(staging):
+        if storage.basename(entry) != MANIFEST:
+            storage.copy_tree(entry, storage.join(snapshot_uri, storage.basename(entry)))
+    storage.copy_tree(storage.join(staging, MANIFEST), storage.join(snapshot_uri, MANIFEST))
     return snapshot_uri
 
 
@@ -106,16 +161,19 @@ def _write_batches(
 
     Any failure of one batch (unreadable, too large, malformed) is an InputDataError naming it.
     """
-    batches = readers.open_source(source, fmt)
+    try:
+        batches = readers.open_source(source, fmt)
+    except readers.READ_ERRORS as exc:  # a malformed file named directly
+        raise InputDataError(f"unreadable: {type(exc).__name__}: {exc}", where=source) from exc
     for batch_index, batch in enumerate(batches):
-        log.info("reading %s (%s, %d examples)", batch.uri, batch.format, batch.count)
+        log.info("reading %s (%s, %d examples)", redact(batch.uri), batch.format, batch.count)
         try:
             for images, labels in batch.read_chunks(chunk_size):
                 writer.add(images, labels, where=batch.uri, batch_index=batch_index)
         except InputDataError as exc:
             exc.batch_uri = exc.batch_uri or batch.origin
             raise
-        except (ValueError, TypeError, AttributeError, KeyError, OSError, MemoryError) as exc:
+        except readers.READ_ERRORS as exc:
             error = InputDataError(
                 f"unreadable batch: {type(exc).__name__}: {exc}", where=batch.uri
             )
@@ -129,6 +187,12 @@ def _write_batches(
 
 
 def _quarantine(exc: InputDataError, source: str) -> None:
-    targets = quarantine_bad_data(source, [exc.batch_uri] if exc.batch_uri else [], exc)
+    """Set the bad batch aside; if that fails, say so, and the input error stays the error."""
+    try:
+        targets = quarantine_bad_data(source, [exc.batch_uri] if exc.batch_uri else [], exc)
+    except Exception as failure:
+        log.warning("could not quarantine %s: %s", exc.batch_uri or source, failure)
+        exc.message = f"{exc.message}; could not quarantine it: {type(failure).__name__}"
+        return
     if targets:
         exc.message = f"{exc.message}; quarantined to {', '.join(targets)}"

@@ -12,7 +12,7 @@ from typing import Any
 
 from lepton_tasks import tracking
 from lepton_tasks.data.snapshot import read_manifest
-from lepton_tasks.registry import champion_version, move_champion, shorten
+from lepton_tasks.registry import champion_version, move_champion, promotion_history, shorten
 from lepton_tasks.results import EvaluateResult, RegisterResult, ValidateResult, records_result
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,10 @@ def _promote_if_decided(
     current_number = str(current.version) if current else None
     if current_number == number:  # an earlier try of this register did it
         return evaluated.decision.promote and compared != number, compared
+    done = _earlier_promotion(client, model_name, number, parent_run_id)
+    if done is not None:  # an earlier try promoted it, and someone has moved it since
+        log.info("v%s was promoted by this pipeline run already; not moving it again", number)
+        return True, done.get("previous")
     if not evaluated.decision.promote:
         log.info("champion stays %s: %s", current_number, evaluated.decision.reason)
         return False, current_number
@@ -103,6 +107,18 @@ def _promote_if_decided(
     previous = move_champion(client, model_name, number, entry, expected=compared)
     log.info("champion: v%s (was %s)", number, previous or "none")
     return True, previous
+
+
+def _earlier_promotion(
+    client: Any, model_name: str, number: str, parent_run_id: str | None
+) -> dict[str, Any] | None:
+    """This pipeline run's promotion of `number`, if an earlier try of register made it."""
+    if not parent_run_id:
+        return None
+    for entry in promotion_history(client.get_registered_model(model_name).tags):
+        if entry.get("version") == number and entry.get("pipeline_run_id") == parent_run_id:
+            return entry
+    return None
 
 
 def _ensure_registered_model(client: Any, model_name: str) -> None:

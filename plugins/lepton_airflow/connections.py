@@ -33,7 +33,8 @@ def connection(conn_id: str) -> Any | None:
         return None
 
 
-def _url(conn: Any) -> str:
+def connection_url(conn: Any) -> str:
+    """The URL a Connection's scheme or type, host, port and schema (path) make."""
     host = conn.host or ""
     if "://" not in host:
         scheme = conn.conn_type if conn.conn_type in ("http", "https") else "http"
@@ -48,7 +49,7 @@ def mlflow_environment() -> dict[str, str]:
     conn = connection(MLFLOW_CONN_ID)
     if conn is None:
         return {}
-    env = {"MLFLOW_TRACKING_URI": conn.extra_dejson.get("tracking_uri") or _url(conn)}
+    env = {"MLFLOW_TRACKING_URI": conn.extra_dejson.get("tracking_uri") or connection_url(conn)}
     if conn.login:
         env["MLFLOW_TRACKING_USERNAME"] = conn.login
     if conn.password:

@@ -9,12 +9,13 @@ step fails, never at parse time; without it, nothing is sent.
 from __future__ import annotations
 
 import logging
+import os
 import re
 from typing import Any
 
 from airflow.providers.slack.notifications.slack_webhook import SlackWebhookNotifier
 
-from lepton_airflow.connections import ALERT_CONN_ID, connection
+from lepton_airflow.connections import ALERT_CONN_ID, connection, connection_url
 from lepton_airflow.settings import runtime_settings
 from lepton_airflow.ui.links import PIPELINE_TASK, mlflow_run_url
 
@@ -65,14 +66,42 @@ class FailureAlert(SlackWebhookNotifier):
         super().__init__(slack_webhook_conn_id=ALERT_CONN_ID, text="", timeout=10, **kwargs)
 
     def notify(self, context: Any) -> None:
-        if connection(ALERT_CONN_ID) is None:
+        legacy_url = _legacy_url()
+        if legacy_url is None and connection(ALERT_CONN_ID) is None:
             return
         self.text = alert_text(context)
         try:
-            super().notify(context)
+            if legacy_url:
+                from slack_sdk import WebhookClient  # the client the provider's hook wraps
+
+                WebhookClient(legacy_url, timeout=10).send(text=self.text)
+            else:
+                super().notify(context)
         except Exception as exc:  # an alert must never turn into a second failure
             # the URL itself is a secret (a Slack webhook URL is its own credential)
             log.warning("could not deliver the failure alert: %s", type(exc).__name__)
+
+
+def _legacy_url() -> str | None:
+    """The webhook URL of an earlier release's configuration, still honoured with a warning:
+    a `lepton_alert_webhook` Connection with the URL as its host or `extra.url` (no password),
+    or LEPTON_ALERT_WEBHOOK_URL without any Connection."""
+    conn = connection(ALERT_CONN_ID)
+    if conn is not None:
+        if (conn.password or "").strip():
+            return None
+        log.warning(
+            "Connection %s holds the webhook URL outside its password: make it type "
+            "slackwebhook with the URL as password",
+            ALERT_CONN_ID,
+        )
+        return conn.extra_dejson.get("url") or connection_url(conn)
+    url = os.environ.get("LEPTON_ALERT_WEBHOOK_URL")
+    if url:
+        log.warning(
+            "LEPTON_ALERT_WEBHOOK_URL is deprecated: define the Connection %s", ALERT_CONN_ID
+        )
+    return url or None
 
 
 def failure_callbacks() -> list[Any]:

@@ -166,5 +166,7 @@ def test_behind_a_proxy_the_configured_base_url_is_this_server(
     registry: MlflowClient, signed_in, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "https://airflow.example.com")
+    forged = roll_back(signed_in, "2", "forged", Origin="https://evil.example")
+    assert forged.status_code == 403
     done = roll_back(signed_in, "2", "via the proxy", Origin="https://airflow.example.com")
     assert done.status_code == 303

@@ -42,12 +42,11 @@ def champion(client: MlflowClient) -> str:
     return str(client.get_model_version_by_alias("m", "champion").version)
 
 
-def test_register_refuses_to_promote_over_a_rollback_made_since_evaluate(
-    registry: MlflowClient, tmp_path: Path
-) -> None:
+def candidate(tmp_path: Path) -> EvaluateResult:
+    """A candidate evaluate found better than champion v1."""
     snapshot = ingest("sklearn:digits", str(tmp_path / "run")).snapshot_uri
     run_id = logged_model(tracking.setup())
-    evaluated = EvaluateResult(
+    return EvaluateResult(
         run_dir=str(tmp_path / "run"),
         snapshot_uri=snapshot,
         model_uri="unused",
@@ -64,6 +63,12 @@ def test_register_refuses_to_promote_over_a_rollback_made_since_evaluate(
         ),
         confusion_matrix_uri="unused",
     )
+
+
+def test_register_refuses_to_promote_over_a_rollback_made_since_evaluate(
+    registry: MlflowClient, tmp_path: Path
+) -> None:
+    evaluated = candidate(tmp_path)
     rollback("m", "2", "v1 misbehaves", "ops", str(tmp_path))  # after evaluate, before register
     with pytest.raises(ChampionMovedError, match="is v2, not v1"):
         register(evaluated, str(tmp_path / "run"))
@@ -71,6 +76,20 @@ def test_register_refuses_to_promote_over_a_rollback_made_since_evaluate(
     assert [h["version"] for h in describe_model("m").promotion_history] == ["2"]
     # registered all the same, as challenger: a new decision can promote it
     assert str(registry.get_model_version_by_alias("m", "challenger").version) == "3"
+
+
+def test_a_register_retry_does_not_undo_a_rollback_made_after_its_first_try(
+    registry: MlflowClient, tmp_path: Path
+) -> None:
+    evaluated = candidate(tmp_path)
+    with mlflow.start_run(experiment_id=tracking.setup()) as pipeline:
+        pass
+    first = register(evaluated, str(tmp_path / "run"), parent_run_id=pipeline.info.run_id)
+    assert first.promoted and champion(registry) == "3"
+    rollback("m", "1", "v3 misbehaves", "ops", str(tmp_path))  # then the first try failed late
+    retry = register(evaluated, str(tmp_path / "run"), parent_run_id=pipeline.info.run_id)
+    assert retry.version == "3" and retry.already_registered
+    assert champion(registry) == "1"  # the rollback stands
 
 
 def test_rollback_refuses_when_the_champion_moved_since_the_page_was_shown(

@@ -264,18 +264,23 @@ def test_snapshots_are_content_addressed_and_never_rewritten(
     images, labels = digits()
     source = write_npz(tmp_path / "data.npz", images, labels)
     first = ingest(str(source), str(tmp_path / "run"))
-    assert Path(first.snapshot_uri).name == first.snapshot_id
+    assert Path(first.snapshot_uri).name.startswith(f"{first.snapshot_id}-")
     manifest = Path(first.snapshot_uri, "manifest.json")
     written = manifest.stat().st_mtime_ns
+    rerun = ingest(str(source), str(tmp_path / "run"))  # the same run again: the same folder
+    assert rerun.snapshot_uri == first.snapshot_uri
     write_npz(tmp_path / "data.npz", images[:1000], labels[:1000])  # the source changes
     again = ingest(str(source), str(tmp_path / "run"))  # the same run, re-run
     assert again.snapshot_id != first.snapshot_id and again.snapshot_uri != first.snapshot_uri
     assert manifest.stat().st_mtime_ns == written  # the first snapshot is untouched
-    same = ingest(str(write_npz(tmp_path / "copy.npz", images, labels)), str(tmp_path / "run3"))
-    assert same.snapshot_uri == first.snapshot_uri  # the same content is one folder
-    assert sorted(p.name for p in Path(first.snapshot_uri).parent.iterdir()) == sorted(
-        [first.snapshot_id, again.snapshot_id]
+    # the same content read from another file: the same id, its own folder, so validation
+    # never names (or quarantines) batches another run read
+    copy = ingest(str(write_npz(tmp_path / "copy.npz", images, labels)), str(tmp_path / "run3"))
+    assert copy.snapshot_id == first.snapshot_id and copy.snapshot_uri != first.snapshot_uri
+    assert json.loads(Path(copy.snapshot_uri, "manifest.json").read_text())["source"].endswith(
+        "copy.npz"
     )
+    assert not [p for p in Path(first.snapshot_uri).parent.iterdir() if p.name.startswith(".")]
 
 
 def test_a_finished_training_is_reused_only_for_the_same_snapshot(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from lepton_airflow.connections import mlflow_environment
 from lepton_airflow.runtimes.command import step_arguments
 from lepton_airflow.runtimes.outcome import ERROR_FILE, RESULT_FILE, parse_result, raise_for_exit
 from lepton_airflow.ui.links import STEP_LINKS
+from lepton_tasks.redact import redact
 
 # The environment a process inherits besides the step's own: what any container has.
 BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER")
@@ -74,7 +75,7 @@ class LeptonStepOperator(BaseOperator):
         }
 
     def execute(self, context: Any) -> dict[str, Any]:
-        self.log.info("running: lepton-tasks %s %s", self.step, " ".join(self.command[4:]))
+        self.log.info("running: lepton-tasks %s %s", self.step, redact(" ".join(self.command[4:])))
         with tempfile.TemporaryDirectory(prefix=f"lepton-{self.step}-") as outcome:
             result_file, error_file = Path(outcome, RESULT_FILE), Path(outcome, ERROR_FILE)
             env = {
