@@ -60,7 +60,9 @@ landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}
         ),
         "format": Param("auto", enum=["auto", "sklearn", "idx", "npz", "parquet"], title="Format"),
         "architecture": Param("lepton_cnn", enum=["lepton_cnn", "seed_cnn"], title="Architecture"),
-        "model_name": Param("lepton-digits", type="string", minLength=1, title="Registered model"),
+        "model_name": Param(
+            settings.model_name, type="string", minLength=1, title="Registered model"
+        ),
         "epochs": Param(
             None,
             type=["null", "integer"],
@@ -78,12 +80,13 @@ landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}
             description="Empty: the architecture's own default.",
         ),
         "min_improvement": Param(
-            0.0,
+            settings.min_improvement,
             type="number",
             minimum=0,
             maximum=1,
             title="Minimum improvement",
-            description="Accuracy gain over the champion needed to promote.",
+            description="Gain over the champion needed to promote: the lower bound of its "
+            "confidence interval must exceed it (LEPTON_MIN_IMPROVEMENT).",
         ),
         "force_promotion": Param(
             False, type="boolean", title="Force promotion", description="Needs a reason."

@@ -84,6 +84,17 @@ class ChampionScore(BaseModel):
     metrics: dict[str, float]
 
 
+class GateEvidence(BaseModel):
+    """The candidate against the champion on the same test examples, paired."""
+
+    gain: float
+    gain_interval: tuple[float, float]  # two-sided at 2 x confidence - 1; its low end decides
+    confidence: float  # one-sided, for the lower bound
+    bootstrap_samples: int
+    class_recall_change: dict[str, float]
+    regressed_classes: list[str]
+
+
 class PromotionDecision(BaseModel):
     promote: bool
     reason: str
@@ -91,6 +102,7 @@ class PromotionDecision(BaseModel):
     candidate_value: float
     champion_value: float | None = None
     forced: bool = False
+    evidence: GateEvidence | None = None
 
 
 class EvaluateResult(StepResult):

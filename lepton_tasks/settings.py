@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     promotion_metric: str = "accuracy"
     min_improvement: float = 0.0
     accuracy_floor: float = Field(default=0.8, ge=0.0, le=1.0)
+    # The gain must clear min_improvement at this one-sided confidence (paired bootstrap over
+    # the test examples), and no class's recall may drop by more than max_class_recall_drop.
+    gate_confidence: float = Field(default=0.95, gt=0.5, lt=1.0)
+    gate_bootstrap_samples: int = Field(default=2000, ge=100)
+    max_class_recall_drop: float = Field(default=0.05, ge=0.0, le=1.0)
 
     @property
     def tracking_uri(self) -> str:

@@ -22,6 +22,7 @@ from lepton_tasks.registry import champion_version
 from lepton_tasks.results import (
     ChampionScore,
     EvaluateResult,
+    GateEvidence,
     PromotionDecision,
     TrainResult,
     records_result,
@@ -104,6 +105,70 @@ def confusion_png(matrix: np.ndarray, class_names: list[str], title: str) -> byt
     return buffer.getvalue()
 
 
+def metric_value(y_true: np.ndarray, y_pred: np.ndarray, k: int, metric: str) -> float:
+    """Accuracy or macro F1 (over the classes present) of one set of predictions."""
+    if metric == "accuracy":
+        return float((y_true == y_pred).mean()) if len(y_true) else 0.0
+    matrix = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
+    tp, predicted, actual = np.diag(matrix).astype(float), matrix.sum(0), matrix.sum(1)
+    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(tp, actual, out=np.zeros(k), where=actual > 0)
+    f1 = np.divide(
+        2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0
+    )
+    return float(f1[actual > 0].mean()) if (actual > 0).any() else 0.0
+
+
+def gate_evidence(
+    y_true: np.ndarray,
+    candidate_pred: np.ndarray,
+    champion_pred: np.ndarray,
+    class_names: list[str],
+    metric: str,
+    *,
+    confidence: float,
+    samples: int,
+    max_recall_drop: float,
+    seed: int = 0,
+) -> GateEvidence:
+    """The candidate's gain over the champion, paired, on the same test examples.
+
+    A bootstrap interval of the gain (seeded: the same data, the same interval) and each
+    class's change in recall.
+    """
+    k, n = len(class_names), len(y_true)
+    rng = np.random.default_rng(seed)
+    gains = np.empty(samples)
+    for start in range(0, samples, 256):  # bounded memory: 256 resamples at a time
+        rows = rng.integers(0, n, size=(min(256, samples - start), n))
+        for i, idx in enumerate(rows):
+            gains[start + i] = metric_value(y_true[idx], candidate_pred[idx], k, metric) - (
+                metric_value(y_true[idx], champion_pred[idx], k, metric)
+            )
+    tail = 1.0 - confidence
+    low, high = np.quantile(gains, [tail, 1.0 - tail])
+    change = {}
+    for c, name in enumerate(class_names):
+        members = y_true == c
+        if members.any():
+            change[name] = round(
+                float((candidate_pred[members] == c).mean() - (champion_pred[members] == c).mean()),
+                6,
+            )
+    return GateEvidence(
+        gain=round(
+            metric_value(y_true, candidate_pred, k, metric)
+            - metric_value(y_true, champion_pred, k, metric),
+            6,
+        ),
+        gain_interval=(round(float(low), 6), round(float(high), 6)),
+        confidence=confidence,
+        bootstrap_samples=samples,
+        class_recall_change=change,
+        regressed_classes=[name for name, d in change.items() if d < -max_recall_drop],
+    )
+
+
 def decide(
     candidate: dict[str, float],
     champion: dict[str, float] | None,
@@ -111,18 +176,26 @@ def decide(
     min_improvement: float,
     floor: float,
     force_reason: str | None,
+    evidence: GateEvidence | None = None,
 ) -> PromotionDecision:
     """The promotion gate on `metric`.
 
     Promote when forced (with a reason), else when the candidate reaches the floor and, if
-    there is a champion, beats it by at least `min_improvement`.
+    there is a champion, is better by more than `min_improvement` with confidence: the lower
+    bound of the paired bootstrap interval (`evidence`) clears it, and no class regresses.
+    Without evidence the point gain must exceed it. Ties never promote.
 
     Returns:
-        Whether to promote, and the reason in words with both values.
+        Whether to promote, and the reason in words with the values and the interval.
     """
     value = candidate[metric]
     champion_value = champion[metric] if champion else None
-    common = {"metric": metric, "candidate_value": value, "champion_value": champion_value}
+    common = {
+        "metric": metric,
+        "candidate_value": value,
+        "champion_value": champion_value,
+        "evidence": evidence,
+    }
     if force_reason:
         return PromotionDecision(
             promote=True, forced=True, reason=f"forced: {force_reason}", **common
@@ -137,20 +210,21 @@ def decide(
             reason=f"first model: {metric} {value:.4f} passes the floor {floor:.4f}",
             **common,
         )
-    gain = value - champion_value
-    if gain >= min_improvement:
-        return PromotionDecision(
-            promote=True,
-            reason=f"{metric} {value:.4f} vs champion {champion_value:.4f} (+{gain:.4f}, "
-            f"needed +{min_improvement:.4f})",
-            **common,
+    versus = f"{metric} {value:.4f} vs champion {champion_value:.4f}"
+    if evidence is None:
+        gain = value - champion_value
+        promote = gain > min_improvement
+        why = f"({gain:+.4f}, needed more than +{min_improvement:.4f})"
+    else:
+        low, high = evidence.gain_interval
+        promote = low > min_improvement and not evidence.regressed_classes
+        why = (
+            f"(gain {evidence.gain:+.4f}, {evidence.confidence:.0%} lower bound {low:+.4f}, "
+            f"interval [{low:+.4f}, {high:+.4f}], needed more than +{min_improvement:.4f})"
         )
-    return PromotionDecision(
-        promote=False,
-        reason=f"{metric} {value:.4f} vs champion {champion_value:.4f} ({gain:+.4f}, "
-        f"needed +{min_improvement:.4f})",
-        **common,
-    )
+        if evidence.regressed_classes:
+            why += f"; recall regressed on class(es) {', '.join(evidence.regressed_classes)}"
+    return PromotionDecision(promote=promote, reason=f"{versus} {why}", **common)
 
 
 class EvaluateParams(BaseModel):
@@ -161,6 +235,9 @@ class EvaluateParams(BaseModel):
     min_improvement: float
     floor: float
     force_reason: str | None = None
+    confidence: float = 0.95
+    bootstrap_samples: int = 2000
+    max_class_recall_drop: float = 0.05
 
     @classmethod
     def with_defaults(cls, **given: Any) -> EvaluateParams:
@@ -171,6 +248,9 @@ class EvaluateParams(BaseModel):
             "metric": settings.promotion_metric,
             "min_improvement": settings.min_improvement,
             "floor": settings.accuracy_floor,
+            "confidence": settings.gate_confidence,
+            "bootstrap_samples": settings.gate_bootstrap_samples,
+            "max_class_recall_drop": settings.max_class_recall_drop,
         }
         params = cls(**{**defaults, **{k: v for k, v in given.items() if v is not None}})
         if params.metric not in METRICS:
@@ -180,11 +260,20 @@ class EvaluateParams(BaseModel):
         return params
 
     def decide(
-        self, candidate: dict[str, float], champion: dict[str, float] | None
+        self,
+        candidate: dict[str, float],
+        champion: dict[str, float] | None,
+        evidence: GateEvidence | None = None,
     ) -> PromotionDecision:
         """The gate applied to the candidate's and the champion's metrics (see `decide`)."""
         return decide(
-            candidate, champion, self.metric, self.min_improvement, self.floor, self.force_reason
+            candidate,
+            champion,
+            self.metric,
+            self.min_improvement,
+            self.floor,
+            self.force_reason,
+            evidence,
         )
 
 
@@ -213,9 +302,8 @@ def evaluate(
     tracking.check_tracking()
     manifest, (x_test, y_test) = _test_split(trained.snapshot_uri)
     class_names = manifest["class_names"]
-    candidate, matrix = classification_metrics(
-        y_test, predict(load_keras(trained.model_uri), x_test), class_names
-    )
+    candidate_pred = predict(load_keras(trained.model_uri), x_test)
+    candidate, matrix = classification_metrics(y_test, candidate_pred, class_names)
     folder = RunFolder(run_dir)
     png = confusion_png(
         matrix, class_names, f"{params.model_name} candidate on {len(y_test)} test images"
@@ -226,8 +314,8 @@ def evaluate(
         "lepton.train_run_id": trained.mlflow_run_id,
     }
     with tracking.step_run("evaluate", parent_run_id, tags=tags) as run:
-        champion = _score_champion(params.model_name, x_test, y_test, class_names)
-        decision = params.decide(candidate, champion.metrics if champion else None)
+        champion, evidence = _score_champion(params, x_test, y_test, candidate_pred, class_names)
+        decision = params.decide(candidate, champion.metrics if champion else None, evidence)
         _log_evaluation(params, len(y_test), candidate, champion, decision, png)
     log.info("decision: %s", decision.reason)
     return EvaluateResult(
@@ -284,22 +372,42 @@ def _log_evaluation(
         with open(local, "wb") as handle:
             handle.write(confusion_png_bytes)
         mlflow.log_artifact(local)
-    mlflow.log_dict(decision.model_dump(), "decision.json")
+    if decision.evidence:
+        low, high = decision.evidence.gain_interval
+        mlflow.log_metrics({"gain": decision.evidence.gain, "gain_low": low, "gain_high": high})
+    mlflow.log_dict(decision.model_dump(mode="json"), "decision.json")
 
 
 def _score_champion(
-    model_name: str, x_test: np.ndarray, y_test: np.ndarray, class_names: list[str]
-) -> ChampionScore | None:
-    version = champion_version(model_name)
+    params: EvaluateParams,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    candidate_pred: np.ndarray,
+    class_names: list[str],
+) -> tuple[ChampionScore | None, GateEvidence | None]:
+    """The champion's metrics on the same test split, and the paired evidence against it."""
+    version = champion_version(params.model_name)
     if version is None:
-        log.info("no champion for %s yet", model_name)
-        return None
+        log.info("no champion for %s yet", params.model_name)
+        return None, None
     with tracking.tracking_errors("loading the champion model"):
         # by number: the alias could move between the lookup and the load
-        model = load_registered_keras(f"models:/{model_name}/{version.version}")
-    metrics, _ = classification_metrics(y_test, predict(model, x_test), class_names)
+        model = load_registered_keras(f"models:/{params.model_name}/{version.version}")
+    champion_pred = predict(model, x_test)
+    metrics, _ = classification_metrics(y_test, champion_pred, class_names)
     log.info("champion v%s: accuracy %.4f", version.version, metrics["accuracy"])
-    return ChampionScore(
+    evidence = gate_evidence(
+        y_test,
+        candidate_pred,
+        champion_pred,
+        class_names,
+        params.metric,
+        confidence=params.confidence,
+        samples=params.bootstrap_samples,
+        max_recall_drop=params.max_class_recall_drop,
+    )
+    score = ChampionScore(
         version=str(version.version),
         metrics={k: round(v, 6) for k, v in metrics.items() if k in METRICS},
     )
+    return score, evidence

@@ -87,6 +87,17 @@ def test_schedule_comes_from_configuration(
     assert load_dag().timetable.timetable.expression == "30 4 * * 1"
 
 
+def test_params_default_to_the_configuration(
+    fresh_runtime_settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before (issue 13): the Params hard-coded their defaults, so LEPTON_MODEL_NAME and
+    LEPTON_MIN_IMPROVEMENT were ignored by DAG runs."""
+    monkeypatch.setenv("LEPTON_MODEL_NAME", "fashion")
+    monkeypatch.setenv("LEPTON_MIN_IMPROVEMENT", "0.01")
+    params = load_dag().params
+    assert params["model_name"] == "fashion" and params["min_improvement"] == 0.01
+
+
 def test_params_form_schema(fresh_runtime_settings) -> None:
     params = load_dag().params
     expected = {
