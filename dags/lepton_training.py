@@ -88,6 +88,12 @@ landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}
             description="Gain over the champion needed to promote: the lower bound of its "
             "confidence interval must exceed it (LEPTON_MIN_IMPROVEMENT).",
         ),
+        "force_retrain": Param(
+            False,
+            type="boolean",
+            title="Force retrain",
+            description="Train even if an earlier run trained the same data, params and code.",
+        ),
         "force_promotion": Param(
             False, type="boolean", title="Force promotion", description="Needs a reason."
         ),
@@ -141,6 +147,7 @@ def lepton_training() -> None:
         epochs=param_value("epochs"),
         batch_size=param_value("batch_size"),
         learning_rate=param_value("learning_rate"),
+        force_retrain=param_value("force_retrain"),
         parent_run_id=pipeline_run,
     )
     evaluate = step_operator(

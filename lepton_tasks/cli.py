@@ -255,6 +255,13 @@ def train(
         str, typer.Option(help="XLA: auto (Keras decides), on or off.")
     ] = "auto",
     deterministic: Annotated[bool, typer.Option(help="Deterministic ops (slower).")] = False,
+    force_retrain: Annotated[
+        bool,
+        typer.Option(
+            help="Train even if an earlier run trained the same data, params and code "
+            "(otherwise its result is reused)."
+        ),
+    ] = False,
     parent_run_id: ParentRun = None,
 ) -> None:
     """Train a Keras model on the snapshot; resumes from the last epoch when re-run."""
@@ -276,7 +283,7 @@ def train(
 
     def action() -> StepResult:
         snapshot_uri = snapshot or upstream(None, run_dir, "ingest", IngestResult).snapshot_uri
-        return train_step(snapshot_uri, run_dir, params, parent_run_id)
+        return train_step(snapshot_uri, run_dir, params, parent_run_id, force=force_retrain)
 
     run_step("train", run_dir, action)
 

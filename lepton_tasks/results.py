@@ -77,6 +77,8 @@ class TrainResult(StepResult):
     images_per_second: float
     resumed_from_epoch: int = 0
     device: str
+    # Set when the result is an earlier run's, reused for the same content (content_cache).
+    reused_from_run: str | None = None
 
 
 class ChampionScore(BaseModel):

@@ -62,6 +62,8 @@ def register(
     if parent_run_id:
         with tracking.tracking_errors("tagging the pipeline run"):
             client.set_tag(parent_run_id, "lepton.model_version", f"{model_name}/{number}")
+            if already:
+                client.set_tag(parent_run_id, "lepton.unchanged_since", f"v{number}")
     return RegisterResult(
         run_dir=run_dir,
         model_name=model_name,
@@ -143,7 +145,9 @@ def _find_or_create_version(
     """The version of the candidate's training run: (version, whether it already existed)."""
     run_id = evaluated.train_run_id
     for version in client.search_model_versions(f"name='{model_name}' and run_id='{run_id}'"):
-        log.info("run %s is already version %s", run_id, version.version)
+        log.info(
+            "unchanged since v%s: training run %s is registered already", version.version, run_id
+        )
         return version, True
     manifest = read_manifest(evaluated.snapshot_uri)
     source = evaluated.mlflow_model_uri

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from lepton_tasks import storage, tracking
+from lepton_tasks import content_cache, storage, tracking
 from lepton_tasks.data.snapshot import load_split, read_manifest
 from lepton_tasks.errors import InputDataError, TrainingError, UsageError
 from lepton_tasks.models import DEFAULT_ARCHITECTURE, get_architecture, save_keras
@@ -263,6 +263,7 @@ def train(
     run_dir: str,
     params: TrainParams | None = None,
     parent_run_id: str | None = None,
+    force: bool = False,
 ) -> TrainResult:
     """Train `params.architecture` on the snapshot's train split, in an MLflow run.
 
@@ -271,21 +272,19 @@ def train(
         run_dir: the run folder; the model, its backup and params go to its `train/`.
         params: architecture, epochs, batch size, learning rate, patience, seed, devices.
         parent_run_id: the MLflow pipeline run to nest under.
+        force: train even if an earlier run trained the same content (the content cache).
 
     Returns:
-        The model's file and MLflow URIs, its run, the best epoch's metrics and the speed. A
-        finished run re-run with the same params returns its result; an interrupted one resumes.
+        The model's file and MLflow URIs, its run, the best epoch's metrics and the speed.
 
     Raises:
         UsageError, InputDataError, TrainingError (NaN, no epoch), TrackingUnavailableError.
     """
     params = params or TrainParams()
-    architecture = get_architecture(params.architecture)
-    if (params.epochs is not None and params.epochs < 1) or params.batch_size < 1:
-        raise UsageError("--epochs and --batch-size must be at least 1")
+    architecture = _checked(params)
     folder = RunFolder(run_dir)
-    if (previous := _finished(folder, params, snapshot_uri)) is not None:
-        return previous
+    if (earlier := _earlier(folder, params, snapshot_uri, force)) is not None:
+        return earlier
     tracking.check_tracking()
     manifest, train_split, val_split = load_training_data(snapshot_uri)
     _quiet_keras(params)
@@ -316,8 +315,51 @@ def train(
             **fitted.result_fields(),
         )
     storage.write_json(folder.training_params_uri, params.model_dump())
+    content_cache.store("train", _cache_key(snapshot_uri, params), result)
     log.info("trained: %s", json.dumps(fitted.metrics))
     return result
+
+
+def _checked(params: TrainParams) -> Any:
+    if (params.epochs is not None and params.epochs < 1) or params.batch_size < 1:
+        raise UsageError("--epochs and --batch-size must be at least 1")
+    return get_architecture(params.architecture)
+
+
+def _earlier(
+    folder: RunFolder, params: TrainParams, snapshot_uri: str, force: bool
+) -> TrainResult | None:
+    """This run's own finished training, else (unless forced) an earlier run's of the same.
+
+    An interrupted run resumes instead, and anything else trains.
+    """
+    if (previous := _finished(folder, params, snapshot_uri)) is not None:
+        return previous
+    return None if force else _reuse(_cache_key(snapshot_uri, params), folder.uri)
+
+
+def _cache_key(snapshot_uri: str, params: TrainParams) -> str:
+    """What a training depends on: the data's content, the params, the code."""
+    manifest = read_manifest(snapshot_uri)
+    return content_cache.cache_key(
+        data=manifest["sha256"], params=params.model_dump(), code=tracking.code_version()
+    )
+
+
+def _reuse(key: str, run_dir: str) -> TrainResult | None:
+    """An earlier run's training of the same content, if its model is still there."""
+    earlier = content_cache.lookup("train", key, TrainResult)
+    if earlier is None or not storage.exists(earlier.model_uri):
+        return None
+    log.info(
+        "unchanged: the same data, params and code trained MLflow run %s in %s; reusing it "
+        "(force a retrain with --force-retrain)",
+        earlier.mlflow_run_id,
+        earlier.run_dir,
+    )
+    return earlier.model_copy(
+        update={"run_dir": run_dir, "result_uri": None, "reused_from_run": earlier.run_dir}
+    )
 
 
 Split = tuple[np.ndarray, np.ndarray]

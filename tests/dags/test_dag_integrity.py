@@ -109,6 +109,7 @@ def test_params_form_schema(fresh_runtime_settings) -> None:
         "batch_size",
         "learning_rate",
         "min_improvement",
+        "force_retrain",
         "force_promotion",
         "force_reason",
     }

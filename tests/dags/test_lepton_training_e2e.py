@@ -8,6 +8,7 @@ validate and leaves the champion alone.
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import quote
 
@@ -101,6 +102,19 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
     now = client.get_model_version_by_alias("lepton-digits", "champion")
     assert str(now.version) == str(expected)
     assert registered["promoted"] == decision["promote"]
+
+    # The same data again (nothing new landed): training is reused, no new version.
+    same = dag.test(logical_date=night(3) + timedelta(hours=6), run_conf=conf)
+    assert same.state == "success", task_states(same)
+    reused = step_result(same, "train")
+    assert reused["reused_from_run"] == step_result(second, "train")["run_dir"]
+    again = step_result(same, "register")
+    assert again["already_registered"] and again["version"] == registered["version"]
+    assert str(client.get_model_version_by_alias("lepton-digits", "champion").version) == str(
+        expected
+    )
+    same_pipeline = mlflow.get_run(step_result(same, "pipeline-end")["mlflow_run_id"])
+    assert same_pipeline.data.tags["lepton.unchanged_since"] == f"v{registered['version']}"
 
     # Night 3: a corrupt (one-class) batch: validate fails, nothing after it runs.
     simulate_landing(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -42,9 +43,9 @@ class CrashingReporter(train_module.EpochReporter):
         self.callback.on_epoch_end = on_epoch_end
 
 
-def train_run(run: str, params: TrainParams) -> TrainResult:
+def train_run(run: str, params: TrainParams, force: bool = False) -> TrainResult:
     """Train on the snapshot that ingest left in the run folder `run`."""
-    return train(ingested_snapshot(run), run, params=params)
+    return train(ingested_snapshot(run), run, params=params, force=force)
 
 
 def test_rerunning_a_crashed_run_resumes_from_the_last_epoch(
@@ -84,7 +85,7 @@ def test_training_is_reproducible_with_a_seed(tmp_path: Path, lepton_env: Path) 
     ingest("sklearn:digits", str(tmp_path / "b"))
     params = TrainParams(architecture="seed_cnn", epochs=2)
     first = train_run(str(tmp_path / "a"), params=params)
-    second = train_run(str(tmp_path / "b"), params=params)
+    second = train_run(str(tmp_path / "b"), params=params, force=True)  # not the cached one
     assert first.metrics["val_loss"] == pytest.approx(second.metrics["val_loss"], rel=1e-4)
 
 
@@ -92,3 +93,27 @@ def test_default_epochs_give_small_datasets_enough_steps() -> None:
     assert auto_epochs(125) == 5  # MNIST-sized: 8,000 examples at batch 64
     assert auto_epochs(23) == 22  # the bundled digits' train split
     assert auto_epochs(8) == 63  # one landing batch of 600 digits
+
+
+def test_the_same_content_is_trained_once(tmp_path: Path, lepton_env: Path) -> None:
+    """Issue 13's content cache: the same data, params and code reuse the earlier training;
+    other params, or --force-retrain, train again."""
+    import time
+
+    for run in ("a", "b", "c"):
+        ingest("sklearn:digits", str(tmp_path / run))
+    params = TrainParams(architecture="seed_cnn", epochs=1)
+    first = train_run(str(tmp_path / "a"), params)
+    started = time.perf_counter()
+    again = train_run(str(tmp_path / "b"), params)
+    assert time.perf_counter() - started < first.train_seconds + 1  # no training, no model log
+    assert again.mlflow_run_id == first.mlflow_run_id and again.model_uri == first.model_uri
+    assert again.reused_from_run == str(tmp_path / "a") and again.run_dir == str(tmp_path / "b")
+    assert (tmp_path / "b" / "train" / "result.json").is_file()
+    assert json.loads((tmp_path / "a" / "train" / "result.json").read_text())["run_dir"] == str(
+        tmp_path / "a"
+    )  # the earlier run's own result is untouched
+    other = train_run(str(tmp_path / "c"), TrainParams(architecture="seed_cnn", epochs=2))
+    assert other.mlflow_run_id != first.mlflow_run_id
+    forced = train_run(str(tmp_path / "c"), params, force=True)
+    assert forced.mlflow_run_id != first.mlflow_run_id and forced.reused_from_run is None
