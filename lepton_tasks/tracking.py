@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import subprocess
@@ -122,8 +123,10 @@ def setup(experiment_name: str | None = None) -> str:
             return experiment.experiment_id
 
 
+@functools.cache
 def code_version() -> str:
-    """The git commit of the code, from LEPTON_CODE_VERSION (images) or the checkout."""
+    """The git commit of the code, from LEPTON_CODE_VERSION (images) or the checkout; asked
+    once per process (a step asks for it for tags and cache keys alike)."""
     if version := os.environ.get("LEPTON_CODE_VERSION"):
         return version
     try:

@@ -207,6 +207,14 @@ def _idx_header(uri: str, expected_magic: int) -> tuple[IO[bytes], list[int]]:
     return handle, dims
 
 
+def _link_out_of(path: str, root: str) -> bool:
+    """Whether `path` is a link whose target lies outside `root`."""
+    if not os.path.islink(path):
+        return False
+    home = os.path.realpath(root)
+    return os.path.commonpath([os.path.realpath(path), home]) != home
+
+
 def _visible_files(folder: str) -> dict[str, str]:
     """The folder's entries by name, by the landing protocol: no `.`/`_` names, and no link
     whose target lies outside the folder."""
@@ -216,11 +224,9 @@ def _visible_files(folder: str) -> dict[str, str]:
         local = _local_path(uri)
         if name.startswith((".", "_")):
             continue
-        if local is not None and os.path.islink(local):
-            target, home = os.path.realpath(local), os.path.realpath(_local_path(folder) or folder)
-            if os.path.commonpath([target, home]) != home:
-                log.warning("skipping link %s -> %s: outside the folder", uri, target)
-                continue
+        if local is not None and _link_out_of(local, _local_path(folder) or folder):
+            log.warning("skipping link %s: it leads out of the folder", uri)
+            continue
         names[name] = uri
     return names
 
@@ -560,12 +566,12 @@ def _walk(folder: str, root: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
         if name.startswith((".", "_")):
             continue  # in progress, or Lepton's own (_quarantine)
         local = _local_path(entry)
-        if local is not None and os.path.islink(local):
-            target = os.path.realpath(local)
-            inside = os.path.commonpath([target, os.path.realpath(root)]) == os.path.realpath(root)
-            if not inside or target in seen:
-                log.warning("skipping link %s -> %s: outside the zone or a loop", entry, target)
-                continue
+        if local is not None and (
+            _link_out_of(local, _local_path(root) or root)
+            or (os.path.islink(local) and os.path.realpath(local) in seen)
+        ):
+            log.warning("skipping link %s: it leads out of the zone or round a loop", entry)
+            continue
         is_folder = storage.is_dir(entry)
         if is_folder and local is not None:
             real = os.path.realpath(local)

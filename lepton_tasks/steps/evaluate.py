@@ -45,17 +45,10 @@ def classification_metrics(
     """
     k = len(class_names)
     matrix = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-    true_positive = np.diag(matrix).astype(float)
-    predicted = matrix.sum(axis=0)
-    actual = matrix.sum(axis=1)
-    precision = np.divide(true_positive, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(true_positive, actual, out=np.zeros(k), where=actual > 0)
-    denominator = precision + recall
-    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(k), where=denominator > 0)
-    present = actual > 0
+    precision, recall, macro_f1 = _per_class(matrix)
     metrics = {
-        "accuracy": float(true_positive.sum() / max(matrix.sum(), 1)),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "accuracy": float(np.trace(matrix) / max(matrix.sum(), 1)),
+        "macro_f1": macro_f1,
     }
     for i, name in enumerate(class_names):
         metrics[f"precision_{name}"] = float(precision[i])
@@ -109,14 +102,23 @@ def metric_value(y_true: np.ndarray, y_pred: np.ndarray, k: int, metric: str) ->
     """Accuracy or macro F1 (over the classes present) of one set of predictions."""
     if metric == "accuracy":
         return float((y_true == y_pred).mean()) if len(y_true) else 0.0
-    matrix = np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k)
-    tp, predicted, actual = np.diag(matrix).astype(float), matrix.sum(0), matrix.sum(1)
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(tp, actual, out=np.zeros(k), where=actual > 0)
-    f1 = np.divide(
-        2 * precision * recall, precision + recall, out=np.zeros(k), where=precision + recall > 0
-    )
-    return float(f1[actual > 0].mean()) if (actual > 0).any() else 0.0
+    return _per_class(np.bincount(y_true * k + y_pred, minlength=k * k).reshape(k, k))[2]
+
+
+def _per_class(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Per-class precision and recall, and macro F1 over the classes present.
+
+    `matrix` is a confusion matrix, rows the true class.
+    """
+    k = len(matrix)
+    true_positive = np.diag(matrix).astype(float)
+    predicted, actual = matrix.sum(axis=0), matrix.sum(axis=1)
+    precision = np.divide(true_positive, predicted, out=np.zeros(k), where=predicted > 0)
+    recall = np.divide(true_positive, actual, out=np.zeros(k), where=actual > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(k), where=denominator > 0)
+    present = actual > 0
+    return precision, recall, float(f1[present].mean()) if present.any() else 0.0
 
 
 def gate_evidence(
