@@ -14,7 +14,7 @@ UV_VERSION := 0.13.9
 EXTRAS ?= cpu,airflow,server,dev
 PYTEST_ARGS ?=
 
-.PHONY: install browser test test-fast test-browser test-containers lint format demo ui bench bench-containers env images up down clean help
+.PHONY: install browser test test-fast test-browser test-containers lint format demo ui bench bench-loop bench-containers env images up down clean help
 
 help:
 	@echo "make demo   run the lepton_training pipeline end to end (installs into .venv)"
@@ -84,6 +84,10 @@ ui: install
 
 bench: install
 	$(BIN)/python bench/run.py
+
+# The nightly loop through airflow standalone's scheduler: landing -> run, full vs unchanged run.
+bench-loop: install
+	$(BIN)/python bench/nightly_loop.py
 
 # Image build times and sizes, container start cost per step (needs a Docker engine).
 bench-containers: install

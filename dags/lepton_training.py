@@ -4,8 +4,13 @@
 `ingest → validate → train → evaluate → register`, each step a `lepton-tasks` command run as a
 local process, a Docker container or a Kubernetes pod (`LEPTON_RUNTIME`).
 
-* **When**: every night (`LEPTON_SCHEDULE`, default 02:00 UTC) and whenever the landing-zone
-  asset is updated.
+* **When**: every night (`LEPTON_SCHEDULE`, default 02:00 UTC) and whenever a batch lands: the
+  triggerer watches the landing zone (`LEPTON_LANDING_POLL_S`, default 15 s) and updates the
+  `lepton_landing_zone` asset.
+* **Backfills**: a run for logical date D reads the batches landed by D (the date in their
+  name, else their modification time): `airflow backfill create` rebuilds past nights.
+* **Unchanged**: when the data, params, code and champion are those of an earlier successful
+  run, `anything_new` skips the steps; the run's note says "Unchanged since vN".
 * **Data**: `source` is read whole (a landing zone is every batch in it) into a content-addressed
   snapshot; Great Expectations checks it, with drift against the champion's snapshot. Bad
   batches are moved to `_quarantine/` beside the batches, with the reason.
@@ -23,14 +28,26 @@ import json
 from datetime import timedelta
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag
+from airflow.sdk import Asset, AssetOrTimeSchedule, AssetWatcher, CronTriggerTimetable, Param, dag
 
+from lepton_airflow.landing_watch import LandingZoneTrigger
 from lepton_airflow.notifiers import failure_callbacks
-from lepton_airflow.operator_factory import param_value, step_operator
+from lepton_airflow.operator_factory import param_value, proceed_if_changed, step_operator
 from lepton_airflow.settings import runtime_settings
 
 settings = runtime_settings()
-landing_zone = Asset(name="lepton_landing_zone", uri=f"file://{settings.landing}")
+landing_zone = Asset(
+    name="lepton_landing_zone",
+    uri=f"file://{settings.landing}",
+    watchers=[
+        AssetWatcher(
+            name="lepton_landing_watch",
+            trigger=LandingZoneTrigger(zone=settings.landing, poll_s=settings.landing_poll_s),
+        )
+    ],
+)
+# The run's logical date; none for a run started by a landing or triggered without one.
+LOGICAL_DATE = "{{ dag_run.logical_date.isoformat() if dag_run.logical_date else '' }}"
 
 
 @dag(
@@ -115,7 +132,7 @@ def lepton_training() -> None:
         "pipeline-start",
         dag_id="{{ dag.dag_id }}",
         dag_run_id="{{ run_id }}",
-        logical_date="{{ logical_date or '' }}",
+        logical_date=LOGICAL_DATE,
         dag_version="{{ ti.dag_version_id }}",
         params="{{ params | tojson }}",
     )
@@ -131,7 +148,15 @@ def lepton_training() -> None:
         when_empty="{{ 'skip' if params.source == "
         + json.dumps(settings.landing)
         + " else 'fail' }}",
+        as_of=LOGICAL_DATE,
     )
+    check = step_operator(
+        "check-inputs",
+        run_dir=run_dir,
+        snapshot_id=ingest.output["snapshot_id"],
+        params="{{ params | tojson }}",
+    )
+    anything_new = proceed_if_changed(check)
     validate = step_operator(
         "validate",
         run_dir=run_dir,
@@ -166,7 +191,7 @@ def lepton_training() -> None:
         validation=validate.output["result_uri"],
         parent_run_id=pipeline_run,
     )
-    steps = (ingest, validate, train, evaluate, register)
+    steps = (ingest, check, validate, train, evaluate, register)
     end = step_operator(
         "pipeline-end",
         run_dir=run_dir,
@@ -174,7 +199,7 @@ def lepton_training() -> None:
         steps=",".join(task.step for task in steps),
     )
 
-    start >> ingest >> validate >> train >> evaluate >> register >> end
+    start >> ingest >> check >> anything_new >> validate >> train >> evaluate >> register >> end
     end.as_teardown(setups=start)
 
 

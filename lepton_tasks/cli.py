@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Annotated, TypeVar
 
 import typer
 
 from lepton_tasks import storage
-from lepton_tasks.errors import EXIT_CODES, LeptonError
+from lepton_tasks.errors import EXIT_CODES, LeptonError, UsageError
 from lepton_tasks.redact import redact
 from lepton_tasks.results import StepResult, read_result
 from lepton_tasks.run_folder import RunFolder
@@ -192,6 +193,14 @@ def ingest(
             "or is a skip (exit 10, NothingToIngestError) for scheduled runs."
         ),
     ] = "fail",
+    as_of: Annotated[
+        str | None,
+        typer.Option(
+            help="ISO date-time (UTC if no zone): read only the landing-zone batches landed "
+            "by then (the date in their name, else their modification time). The DAG passes "
+            "the run's logical date, so a backfill sees each night's data."
+        ),
+    ] = None,
 ) -> None:
     """Read a labeled image dataset into a normalized, content-addressed snapshot."""
     from lepton_tasks.steps.ingest import ingest as ingest_step
@@ -200,8 +209,21 @@ def ingest(
     run_step(
         "ingest",
         run_dir,
-        lambda: ingest_step(source, run_dir, fmt, class_names, when_empty=when_empty),
+        lambda: ingest_step(
+            source, run_dir, fmt, class_names, when_empty=when_empty, as_of=parse_as_of(as_of)
+        ),
     )
+
+
+def parse_as_of(text: str | None) -> datetime | None:
+    """An ISO date-time; naive means UTC. Empty means now (every batch)."""
+    if not text:
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise UsageError(f"--as-of: not an ISO date-time: {text!r}") from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 @app.command()
@@ -406,17 +428,34 @@ def pipeline_start(
     ] = None,
 ) -> None:
     """Open the MLflow pipeline run for an orchestrator run (reused on retries)."""
-    from lepton_tasks.errors import UsageError
     from lepton_tasks.pipeline_run import start
 
     def action() -> StepResult:
-        try:
-            params = json.loads(params_json or "{}")
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"--params is not JSON: {exc}") from exc
-        return start(dag_id, dag_run_id, logical_date, dag_version, params, run_dir)
+        return start(dag_id, dag_run_id, logical_date, dag_version, _params(params_json), run_dir)
 
     run_step("pipeline-start", run_dir, action)
+
+
+def _params(params_json: str) -> dict[str, object]:
+    try:
+        params = json.loads(params_json or "{}")
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--params is not JSON: {exc}") from exc
+    if not isinstance(params, dict):
+        raise UsageError("--params must be a JSON object")
+    return params
+
+
+@app.command("check-inputs")
+def check_inputs(
+    run_dir: RunDir,
+    snapshot_id: Annotated[str, typer.Option(help="The content id of the ingested snapshot.")],
+    params_json: Annotated[str, typer.Option("--params", help="The run's params as JSON.")] = "{}",
+) -> None:
+    """Say whether an earlier successful run had the same data, params, code and champion."""
+    from lepton_tasks.unchanged import check_inputs as check
+
+    run_step("check-inputs", run_dir, lambda: check(snapshot_id, run_dir, _params(params_json)))
 
 
 @app.command("pipeline-end")
@@ -451,7 +490,6 @@ def simulate_landing(
     """Deal a dataset into dated landing-zone batches, optionally with a corrupt one."""
     from datetime import date
 
-    from lepton_tasks.errors import UsageError
     from lepton_tasks.landing_simulator import simulate_landing as simulate
 
     def action() -> StepResult:

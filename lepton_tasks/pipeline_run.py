@@ -11,18 +11,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from lepton_tasks import storage, tracking
+from lepton_tasks import storage, tracking, unchanged
 from lepton_tasks.errors import NothingToIngestError, UsageError
 from lepton_tasks.results import (
+    EvaluateResult,
     IngestResult,
+    InputCheckResult,
     PipelineEndResult,
     PipelineStartResult,
+    RegisterResult,
     records_result,
 )
 from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
+CHECK_STEP = "check-inputs"
 
 
 def run_dir_for(dag_id: str, run_id: str) -> str:
@@ -96,10 +100,12 @@ def _find_or_create_run(
     if existing:
         log.info("pipeline run %s exists (a retry); reusing it", existing[0].info.run_id)
         return existing[0].info.run_id, existing[0].info.experiment_id
+    from mlflow.entities import Param
+
     client = mlflow.MlflowClient()
     run = client.create_run(experiment_id, tags=tags, run_name=f"{dag_id} {run_id}")
-    for key, value in sorted(params.items()):
-        client.log_param(run.info.run_id, key, str(value)[:500])
+    logged = [Param(key, str(value)[:500]) for key, value in sorted(params.items())]
+    client.log_batch(run.info.run_id, params=logged)
     return run.info.run_id, experiment_id
 
 
@@ -107,41 +113,101 @@ def _find_or_create_run(
 def end(run_dir: str, parent_run_id: str, steps: list[str]) -> PipelineEndResult:
     """Close the pipeline run with the outcome of `steps`, in order.
 
-    FINISHED when each left a result; SKIPPED (an MLflow FINISHED, tagged) when ingest found
-    nothing to train on; FAILED with the first failed (or not run) step and its message. The
-    snapshot manifest, the validation summary and the Data Docs are attached to the run.
+    FINISHED when each left a result; UNCHANGED when check-inputs found an earlier run with
+    the same inputs (the steps after it were skipped); SKIPPED (an MLflow FINISHED, tagged)
+    when ingest found nothing to train on; FAILED with the first failed (or not run) step and
+    its message. A FINISHED run's inputs are remembered for the next one. The snapshot
+    manifest, the validation summary and the Data Docs are attached to the run.
     """
     import mlflow
 
     folder = RunFolder(run_dir)
     outcome = _outcome(folder, steps)
+    summary = _summary(folder, outcome)
     tracking.setup()
     client = mlflow.MlflowClient()
     with tracking.tracking_errors("closing the pipeline run"):
         _attach_reports(client, parent_run_id, folder)
-        client.set_tag(parent_run_id, "lepton.outcome", outcome["status"])
-        if outcome["failed_step"]:
-            client.set_tag(parent_run_id, "lepton.failed_step", outcome["failed_step"])
-            client.set_tag(parent_run_id, "lepton.error", str(outcome["error"])[:500])
-        if outcome["status"] == "SKIPPED":
-            client.set_tag(parent_run_id, "lepton.skip_reason", str(outcome["error"]))
-        # MLflow knows no "skipped": a night with nothing to train on finished as it should.
-        mlflow_status = "FINISHED" if outcome["status"] == "SKIPPED" else outcome["status"]
-        client.set_terminated(parent_run_id, status=mlflow_status)
-    log.info("pipeline run %s: %s", parent_run_id, outcome)
-    return PipelineEndResult(run_dir=run_dir, mlflow_run_id=parent_run_id, **outcome)
+        _tag_outcome(client, parent_run_id, outcome, summary)
+        if outcome["status"] == "UNCHANGED":
+            checked = folder.saved_result(CHECK_STEP, InputCheckResult)
+            assert checked is not None
+            client.set_tag(parent_run_id, "lepton.unchanged_since", f"v{checked.unchanged_since}")
+        # MLflow knows no "skipped": a night with nothing to do finished as it should.
+        finished = outcome["status"] in ("SKIPPED", "UNCHANGED")
+        client.set_terminated(parent_run_id, status="FINISHED" if finished else outcome["status"])
+    if outcome["status"] == "FINISHED":
+        started = folder.saved_result("pipeline-start", PipelineStartResult)
+        unchanged.remember(folder, started.dag_run_id if started else None)
+    log.info("pipeline run %s: %s", parent_run_id, summary)
+    return PipelineEndResult(
+        run_dir=run_dir, mlflow_run_id=parent_run_id, summary=summary, **outcome
+    )
+
+
+def _tag_outcome(client: Any, parent_run_id: str, outcome: dict[str, Any], summary: str) -> None:
+    client.set_tag(parent_run_id, "lepton.outcome", outcome["status"])
+    client.set_tag(parent_run_id, "mlflow.note.content", summary)
+    if outcome["failed_step"]:
+        client.set_tag(parent_run_id, "lepton.failed_step", outcome["failed_step"])
+        client.set_tag(parent_run_id, "lepton.error", str(outcome["error"])[:500])
+    if outcome["status"] == "SKIPPED":
+        client.set_tag(parent_run_id, "lepton.skip_reason", str(outcome["error"]))
 
 
 def _outcome(folder: RunFolder, steps: list[str]) -> dict[str, Any]:
-    failure = folder.first_failure(steps)
+    checked = folder.saved_result(CHECK_STEP, InputCheckResult)
+    repeat = checked is not None and checked.unchanged_since is not None and CHECK_STEP in steps
+    ran = steps[: steps.index(CHECK_STEP) + 1] if repeat else steps
+    failure = folder.first_failure(ran)
     if failure is None:
-        return {"status": "FINISHED", "failed_step": None, "error": None}
+        status = "UNCHANGED" if repeat else "FINISHED"
+        return {"status": status, "failed_step": None, "error": None}
     step, error = failure
     if error is None:
         return {"status": "FAILED", "failed_step": step, "error": "did not run"}
     if error.get("error") == NothingToIngestError.__name__:
         return {"status": "SKIPPED", "failed_step": None, "error": error.get("message")}
     return {"status": "FAILED", "failed_step": step, "error": error.get("message")}
+
+
+def _summary(folder: RunFolder, outcome: dict[str, Any]) -> str:
+    """One line on what the run did: the DAG run's note and the MLflow run's description."""
+    status = outcome["status"]
+    if status == "FAILED":
+        return f"Failed at {outcome['failed_step']}: {outcome['error']}"
+    if status == "SKIPPED":
+        return f"Skipped: {outcome['error']}"
+    if status == "UNCHANGED":
+        checked = folder.saved_result(CHECK_STEP, InputCheckResult)
+        assert checked is not None
+        return (
+            f"Unchanged since v{checked.unchanged_since}: the same data (snapshot "
+            f"{checked.snapshot_id[:12]}), params, code and champion as DAG run "
+            f"{checked.unchanged_since_run}; nothing trained, evaluated or registered."
+        )
+    registered = folder.saved_result("register", RegisterResult)
+    evaluated = folder.saved_result("evaluate", EvaluateResult)
+    if registered is None or evaluated is None:
+        return "Finished."
+    return registered_summary(registered, evaluated)
+
+
+def registered_summary(registered: RegisterResult, evaluated: EvaluateResult) -> str:
+    """What register did, with the gate's interval when there was one."""
+    name, version = registered.model_name, registered.version
+    if registered.already_registered:
+        head = f"Unchanged since v{version}: the same training is registered already"
+    else:
+        head = f"Registered {name} v{version}"
+    decision = evaluated.decision
+    verdict = "promoted to champion" if registered.promoted else "not promoted"
+    evidence = decision.evidence
+    interval = ""
+    if evidence is not None:
+        low, high = evidence.gain_interval
+        interval = f" (gain {evidence.gain:+.4f}, interval [{low:+.4f}, {high:+.4f}])"
+    return f"{head}; {verdict}{interval}: {decision.reason}"
 
 
 def _attach_reports(client: Any, parent_run_id: str, folder: RunFolder) -> None:

@@ -33,6 +33,9 @@ MAX_REASON_CHARS = 1000
 # in MLflow's database (its name is unique), on SQLite and PostgreSQL alike, and needs no
 # storage shared between the workers and the Airflow web server.
 LOCK_SUFFIX = ".lepton-lock"
+# Every registered model Lepton's register step made or wrote to carries this tag: the Lepton
+# page lists (and may roll back) these, and no other model of the registry.
+MANAGED_TAG = "lepton.managed"
 
 
 def champion_version(model_name: str) -> Any | None:
@@ -54,6 +57,60 @@ def champion_version(model_name: str) -> Any | None:
             if "RESOURCE_DOES_NOT_EXIST" in str(exc.error_code) or "not found" in str(exc).lower():
                 return None
             raise
+
+
+def champion_number(model_name: str) -> str | None:
+    """The champion's version number, or None.
+
+    Over MLflow's REST API when the store is a server: no MLflow import, which costs seconds,
+    and check-inputs runs every night.
+    """
+    uri = tracking.tracking_uri()
+    if uri.startswith(("http://", "https://")):
+        found = _champion_over_rest(uri, model_name)
+        if found is not _UNKNOWN:
+            return found  # type: ignore[return-value]
+    tracking.setup()
+    champion = champion_version(model_name)
+    return str(champion.version) if champion is not None else None
+
+
+_UNKNOWN = object()
+
+
+def _champion_over_rest(uri: str, model_name: str) -> object:
+    """The alias lookup as one GET.
+
+    `_UNKNOWN` for anything but a plain answer (TLS settings, errors, a server that hides
+    missing models behind 403), which the full client then handles and reports.
+    """
+    import base64
+    import os
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS") or os.environ.get(
+        "MLFLOW_TRACKING_CLIENT_CERT_PATH"
+    ):
+        return _UNKNOWN
+    query = urllib.parse.urlencode({"name": model_name, "alias": "champion"})
+    request = urllib.request.Request(
+        f"{uri.rstrip('/')}/api/2.0/mlflow/registered-models/alias?{query}"
+    )
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {token}")
+    elif user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
+        secret = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
+        request.add_header("Authorization", f"Basic {base64.b64encode(secret).decode()}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return str(json.load(response)["model_version"]["version"])
+    except urllib.error.HTTPError as exc:
+        body = exc.read().decode(errors="replace")
+        return None if exc.code == 404 and "RESOURCE_DOES_NOT_EXIST" in body else _UNKNOWN
+    except (OSError, ValueError, KeyError):
+        return _UNKNOWN
 
 
 def shorten(text: str, limit: int = MAX_REASON_CHARS) -> str:
@@ -270,6 +327,18 @@ def rollback(
         champion_version=version,
         previous_champion_version=previous,
     )
+
+
+def lepton_models() -> list[str]:
+    """The registered models Lepton manages (tagged by register), by name."""
+    from mlflow import MlflowClient
+
+    tracking.setup()
+    with tracking.tracking_errors("listing the registered models"):
+        models = MlflowClient().search_registered_models(
+            filter_string=f"tags.`{MANAGED_TAG}` = 'true'", max_results=1000
+        )
+    return sorted(model.name for model in models if not model.name.endswith(LOCK_SUFFIX))
 
 
 def describe_model(model_name: str | None = None) -> ModelInfo:

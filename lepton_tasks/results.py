@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -49,6 +50,8 @@ class IngestResult(StepResult):
     source: str
     format: str
     batches: list[BatchInfo] = Field(default_factory=list)
+    # The landing-zone batches read were those landed by then (None: every batch).
+    as_of: datetime | None = None
 
 
 class ValidateResult(StepResult):
@@ -149,12 +152,26 @@ class PipelineStartResult(StepResult):
     dag_run_id: str
 
 
+class InputCheckResult(StepResult):
+    step: Literal["check-inputs"] = "check-inputs"
+    snapshot_id: str
+    # The params that decide the outcome (and the model name), as the key has them.
+    params: dict[str, Any]
+    champion_version: str | None
+    # The version an earlier run with the same inputs registered: nothing to do. None: run.
+    unchanged_since: str | None = None
+    unchanged_since_run: str | None = None
+    forced: list[str] = Field(default_factory=list)
+
+
 class PipelineEndResult(StepResult):
     step: Literal["pipeline-end"] = "pipeline-end"
     mlflow_run_id: str
     status: str
     failed_step: str | None = None
     error: str | None = None
+    # One line on what the run did, for the DAG run's note and the MLflow run.
+    summary: str = ""
 
 
 class VersionInfo(BaseModel):

@@ -8,6 +8,7 @@ import json
 import os
 import posixpath
 import tempfile
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import fsspec
@@ -61,6 +62,16 @@ def list_dir(uri: str) -> list[str]:
     if is_local(uri):
         return entries
     return [f"{protocol}://{entry}" for entry in entries]
+
+
+def modified_time(uri: str) -> datetime | None:
+    """When the file or folder was last modified (UTC), if the store says."""
+    fs, path = filesystem(uri)
+    try:
+        stamp = fs.modified(path)
+    except (NotImplementedError, OSError):
+        return None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 def basename(uri: str) -> str:

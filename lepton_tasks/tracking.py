@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import logging
 import os
 import subprocess
@@ -126,22 +127,44 @@ def setup(experiment_name: str | None = None) -> str:
 @functools.cache
 def code_version() -> str:
     """The git commit of the code, from LEPTON_CODE_VERSION (images) or the checkout; asked
-    once per process (a step asks for it for tags and cache keys alike)."""
+    once per process (a step asks for it for tags and cache keys alike).
+
+    A checkout with uncommitted changes is `<commit>+<hash of the diff>`: content caches are
+    keyed on it, and two different edits of the same commit must not share results.
+    """
     if version := os.environ.get("LEPTON_CODE_VERSION"):
         return version
     try:
-        return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        commit = _git("rev-parse", "--short", "HEAD").strip()
+        diff = _git("diff", "HEAD", "--", ".")
+    except (OSError, subprocess.SubprocessError):  # an image: no git, so the source itself
         from lepton_tasks import __version__
 
-        return __version__
+        return f"{__version__}+src.{_source_hash()}"
+    if not diff:
+        return commit
+    return f"{commit}+{hashlib.sha256(diff.encode()).hexdigest()[:8]}"
+
+
+def _source_hash() -> str:
+    """A hash of the package's own source files, for installs without git history."""
+    digest = hashlib.sha256()
+    package = Path(__file__).parent
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:8]
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args],
+        capture_output=True,
+        text=True,
+        timeout=5,
+        cwd=Path(__file__).parent,
+        check=True,
+    ).stdout
 
 
 @contextlib.contextmanager

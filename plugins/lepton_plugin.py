@@ -1,4 +1,5 @@
-"""Registers Lepton's page with Airflow: the FastAPI app at /lepton and a link in the menu."""
+"""Registers Lepton with Airflow: its page (the FastAPI app at /lepton, a link in the menu) and
+the listener that writes each DAG run's note."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ from typing import Any, ClassVar
 
 from airflow.plugins_manager import AirflowPlugin
 
+from lepton_airflow import run_notes
 from lepton_airflow.ui.model_page import app
 
 
 class LeptonPlugin(AirflowPlugin):
     name = "lepton"
+    listeners: ClassVar[list[Any]] = [run_notes]
     fastapi_apps: ClassVar[list[dict[str, Any]]] = [
         {"app": app, "url_prefix": "/lepton", "name": "Lepton"}
     ]

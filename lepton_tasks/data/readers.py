@@ -10,11 +10,13 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
 import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import IO, Any
 
 import numpy as np
@@ -512,8 +514,9 @@ def detect_format(source: str) -> str:
     )
 
 
-def open_source(source: str, fmt: str = "auto") -> list[Batch]:
-    """Resolve a source into batches; a folder of datasets (a landing zone) gives one per entry."""
+def open_source(source: str, fmt: str = "auto", as_of: datetime | None = None) -> list[Batch]:
+    """Resolve a source into batches; a folder of datasets (a landing zone) gives one per entry
+    (with `as_of`, one per entry landed by then)."""
     if fmt not in FORMATS:
         raise UnknownSourceError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if fmt == "auto":
@@ -526,7 +529,7 @@ def open_source(source: str, fmt: str = "auto") -> list[Batch]:
         return [npz_batch(source)]
     if fmt == "parquet":
         return [parquet_batch(source)]
-    return folder_batches(source)
+    return folder_batches(source, as_of)
 
 
 # Landing zones -------------------------------------------------------------------------------
@@ -534,6 +537,10 @@ def open_source(source: str, fmt: str = "auto") -> list[Batch]:
 # The landing protocol: a producer writes a batch under a name starting with '.' or '_' (or
 # any name without a dataset extension) and renames it when it is complete; Lepton reads only
 # dataset files (.npz, .parquet, IDX) and folders of them, and ignores everything else.
+# A batch landed at the date (and time) its name carries, `2026-01-03` or `2026-01-03T0400`
+# (UTC), else at its modification time: a run "as of" D reads the batches landed by D.
+
+_LANDING_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T_ ](\d{2})[:-]?(\d{2}))?")
 
 DATASET_SUFFIXES = (".npz", ".parquet")
 # What a read of a batch raises on malformed content besides InputDataError (pyarrow's errors
@@ -582,17 +589,37 @@ def _walk(folder: str, root: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
         yield entry, is_folder
 
 
-def dataset_entries(zone: str) -> list[str]:
-    """The zone's top-level entries that hold a dataset: its batches, in name order."""
+def landed_at(entry: str, zone: str) -> datetime | None:
+    """When a batch landed: the date its path in the zone names, else its modification time."""
+    relative = entry[len(zone.rstrip("/")) + 1 :] if entry.startswith(zone.rstrip("/")) else entry
+    match = _LANDING_DATE.search(relative)
+    if match:
+        year, month, day, hour, minute = (int(part) if part else 0 for part in match.groups())
+        try:
+            return datetime(year, month, day, hour, minute, tzinfo=UTC)
+        except ValueError:
+            pass  # "2026-13-45" is not a date: fall back to the file's own time
+    return storage.modified_time(entry)
+
+
+def dataset_entries(zone: str, as_of: datetime | None = None, *, quiet: bool = False) -> list[str]:
+    """The zone's top-level entries that hold a dataset: its batches, in name order.
+
+    With `as_of`, only those landed by then (`landed_at`); `quiet` drops the warnings about
+    entries that are not datasets (for a watcher that looks every few seconds).
+    """
     seen = _seen_from(zone)
-    entries = []
+    entries, later = [], []
     for entry, is_folder in list(_walk(zone, zone, seen)):
         if (is_folder and _holds_dataset(entry, zone, seen)) or (
             not is_folder and _is_dataset_file(storage.basename(entry))
         ):
-            entries.append(entry)
-        else:
+            landed = landed_at(entry, zone) if as_of is not None else None
+            (later if landed is not None and landed > as_of else entries).append(entry)
+        elif not quiet:
             log.warning("skipping %s: not a dataset (see the landing protocol)", entry)
+    if later and not quiet:
+        log.info("as of %s, leaving out %d later batches: %s", as_of, len(later), later)
     return entries
 
 
@@ -611,7 +638,7 @@ def _seen_from(zone: str) -> set[str]:
     return {os.path.realpath(local)} if local is not None else set()
 
 
-def is_empty_landing_zone(source: str) -> bool:
+def is_empty_landing_zone(source: str, as_of: datetime | None = None) -> bool:
     """A folder source that is missing or holds no dataset yet (hidden, in-progress and
     non-dataset entries do not count). Other sources are never empty here: reading them says
     whether they are good."""
@@ -621,11 +648,12 @@ def is_empty_landing_zone(source: str) -> bool:
         return True
     if not storage.is_dir(source) or _find_idx_pairs(source):
         return False
-    return not dataset_entries(source)
+    return not dataset_entries(source, as_of)
 
 
-def folder_batches(folder: str) -> list[Batch]:
-    """A folder of datasets (a landing zone): each dataset file or sub-folder is a batch.
+def folder_batches(folder: str, as_of: datetime | None = None) -> list[Batch]:
+    """A folder of datasets (a landing zone): each dataset file or sub-folder is a batch;
+    with `as_of`, each one landed by then.
 
     Batches are named by their path in the folder ("2026-01-01/data"), so same-named files in
     different folders stay apart. A batch that cannot be read raises InputDataError naming it
@@ -635,7 +663,7 @@ def folder_batches(folder: str) -> list[Batch]:
         return idx_batches(folder)
     batches: list[Batch] = []
     seen = _seen_from(folder)
-    for entry in dataset_entries(folder):
+    for entry in dataset_entries(folder, as_of):
         try:
             found = _entry_batches(entry, folder, seen)
         except InputDataError as exc:
@@ -650,8 +678,10 @@ def folder_batches(folder: str) -> list[Batch]:
             batch.name = _relative_name(batch.uri, folder)
         batches.extend(found)
     if not batches:
+        landed = f"landed by {as_of:%Y-%m-%dT%H:%M}Z " if as_of else ""
         raise InputDataError(
-            "no dataset in folder (expected .npz, .parquet or IDX files, or batch folders)",
+            f"no dataset {landed}in folder (expected .npz, .parquet or IDX files, or batch "
+            "folders)",
             where=folder,
         )
     return batches

@@ -9,6 +9,7 @@ import os
 import shutil
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
 from lepton_tasks import storage
@@ -31,6 +32,7 @@ def ingest(
     class_names: list[str] | None = None,
     chunk_size: int = readers.CHUNK_SIZE,
     when_empty: str = "fail",
+    as_of: datetime | None = None,
 ) -> IngestResult:
     """Read `source` into a normalized, content-addressed snapshot in the run folder.
 
@@ -42,6 +44,8 @@ def ingest(
         class_names: the label set [default: LEPTON_CLASSES].
         chunk_size: examples read at a time, which bounds memory.
         when_empty: "skip" makes a missing or empty landing zone a skipped night.
+        as_of: read only the landing-zone batches landed by then (the landing protocol), so
+            the run for a past night (a backfill) sees that night's data.
 
     Returns:
         The snapshot's URI, id, counts and the batches it was read from.
@@ -50,14 +54,14 @@ def ingest(
         NothingToIngestError (when_empty="skip", nothing landed), UsageError, InputDataError
         (the bad batch is quarantined).
     """
-    _check_landed(source, when_empty)
+    _check_landed(source, when_empty, as_of)
     settings = get_settings()
     class_names = list(class_names or settings.classes)
     _sweep_staging(settings.snapshot_root)
     staging = storage.join(settings.snapshot_root, f".staging-{uuid.uuid4().hex}")
     writer = SnapshotWriter(staging, class_names, settings.val_fraction, settings.test_fraction)
     try:
-        manifest, batch_infos = _write_batches(writer, source, fmt, chunk_size)
+        manifest, batch_infos = _write_batches(writer, source, fmt, chunk_size, as_of)
         snapshot_uri = _publish(staging, storage.join(settings.snapshot_root, _address(manifest)))
     except InputDataError as exc:
         _quarantine(exc, source)
@@ -78,6 +82,7 @@ def ingest(
         source=source,
         format=manifest["format"],
         batches=batch_infos,
+        as_of=as_of,
     )
 
 
@@ -147,22 +152,23 @@ def _publish_remote(staging: str, snapshot_uri: str) -> str:
     return snapshot_uri
 
 
-def _check_landed(source: str, when_empty: str) -> None:
+def _check_landed(source: str, when_empty: str, as_of: datetime | None) -> None:
     if when_empty not in ("fail", "skip"):
         raise UsageError(f"--when-empty must be fail or skip, not '{when_empty}'")
-    if when_empty == "skip" and readers.is_empty_landing_zone(source):
-        raise NothingToIngestError("no batch has landed yet: nothing to train on", where=source)
+    if when_empty == "skip" and readers.is_empty_landing_zone(source, as_of):
+        by = f"by {as_of:%Y-%m-%dT%H:%M}Z" if as_of else "yet"
+        raise NothingToIngestError(f"no batch had landed {by}: nothing to train on", where=source)
 
 
 def _write_batches(
-    writer: SnapshotWriter, source: str, fmt: str, chunk_size: int
+    writer: SnapshotWriter, source: str, fmt: str, chunk_size: int, as_of: datetime | None
 ) -> tuple[dict[str, Any], list[BatchInfo]]:
     """Stream every batch of the source into the snapshot; returns its manifest and batches.
 
     Any failure of one batch (unreadable, too large, malformed) is an InputDataError naming it.
     """
     try:
-        batches = readers.open_source(source, fmt)
+        batches = readers.open_source(source, fmt, as_of)
     except readers.READ_ERRORS as exc:  # a malformed file named directly
         raise InputDataError(f"unreadable: {type(exc).__name__}: {exc}", where=source) from exc
     for batch_index, batch in enumerate(batches):

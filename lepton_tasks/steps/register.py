@@ -12,7 +12,13 @@ from typing import Any
 
 from lepton_tasks import tracking
 from lepton_tasks.data.snapshot import read_manifest
-from lepton_tasks.registry import champion_version, move_champion, promotion_history, shorten
+from lepton_tasks.registry import (
+    MANAGED_TAG,
+    champion_version,
+    move_champion,
+    promotion_history,
+    shorten,
+)
 from lepton_tasks.results import EvaluateResult, RegisterResult, ValidateResult, records_result
 
 log = logging.getLogger(__name__)
@@ -101,6 +107,16 @@ def _promote_if_decided(
     if not evaluated.decision.promote:
         log.info("champion stays %s: %s", current_number, evaluated.decision.reason)
         return False, current_number
+    demoted_by = _rolled_back_from(client, model_name, number)
+    if demoted_by is not None:
+        log.warning(
+            "not promoting v%s again: %s rolled the champion back from it (%s); roll back to "
+            "it by hand to make it champion",
+            number,
+            demoted_by.get("by"),
+            demoted_by.get("reason"),
+        )
+        return False, current_number
     entry = {
         "by": "pipeline",
         "reason": evaluated.decision.reason,
@@ -109,6 +125,24 @@ def _promote_if_decided(
     previous = move_champion(client, model_name, number, entry, expected=compared)
     log.info("champion: v%s (was %s)", number, previous or "none")
     return True, previous
+
+
+def _rolled_back_from(client: Any, model_name: str, number: str) -> dict[str, Any] | None:
+    """The rollback that moved the champion away from `number`, unless it came back since.
+
+    A person's decision the gate must not undo the next night: the same training, reused from
+    the content cache, is the same version.
+    """
+    history = promotion_history(client.get_registered_model(model_name).tags)
+    last = None
+    for entry in history:
+        if entry.get("version") == number:
+            last = None  # promoted (or rolled back to) since
+        elif entry.get("previous") == number and str(entry.get("reason", "")).startswith(
+            "rollback:"
+        ):
+            last = entry
+    return last
 
 
 def _earlier_promotion(
@@ -124,14 +158,23 @@ def _earlier_promotion(
 
 
 def _ensure_registered_model(client: Any, model_name: str) -> None:
+    """The registered model exists and is tagged as Lepton's.
+
+    A model from before the tag gets it on its next registration.
+    """
     from mlflow.exceptions import MlflowException
 
     try:
-        client.get_registered_model(model_name)
+        model = client.get_registered_model(model_name)
     except MlflowException:
         client.create_registered_model(
-            model_name, description="Registered by Lepton's register step."
+            model_name,
+            description="Registered by Lepton's register step.",
+            tags={MANAGED_TAG: "true"},
         )
+        return
+    if (model.tags or {}).get(MANAGED_TAG) != "true":
+        client.set_registered_model_tag(model_name, MANAGED_TAG, "true")
 
 
 def _find_or_create_version(

@@ -8,11 +8,13 @@ or XComArgs (an upstream step's result field), which also sets the dependency.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from lepton_airflow.settings import RuntimeSettings, runtime_settings, step_environment
 
 GPU_STEPS = frozenset({"train"})
+log = logging.getLogger(__name__)
 
 
 class ParamValue:
@@ -73,4 +75,22 @@ def step_operator(
         environment=environment,
         secret_environment=secrets,
         **common,
+    )
+
+
+def _anything_new(unchanged_since: str | None) -> bool:
+    if unchanged_since:
+        log.info("unchanged since v%s: skipping the steps after check-inputs", unchanged_since)
+    return not unchanged_since
+
+
+def proceed_if_changed(check: Any) -> Any:
+    """A short circuit after `check-inputs`: when an earlier run had the same inputs, every task
+    after it is skipped (the pipeline's end, a teardown, still runs and says so)."""
+    from airflow.providers.standard.operators.python import ShortCircuitOperator
+
+    return ShortCircuitOperator(
+        task_id="anything_new",
+        python_callable=_anything_new,
+        op_args=[check.output["unchanged_since"]],
     )

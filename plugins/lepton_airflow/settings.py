@@ -28,6 +28,9 @@ class RuntimeSettings(Settings):
 
     runtime: Literal["local", "docker", "kubernetes"] = "local"
     schedule: str = Field(default="0 2 * * *", description="Nightly retraining cron, UTC.")
+    landing_poll_s: float = Field(
+        default=15.0, gt=0, description="How often the triggerer looks for landed batches."
+    )
 
     mlflow_ui_url: str = Field(
         default="http://localhost:5000", description="Where users open MLflow (extra links)."

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.stack import ADMIN_PASSWORD, ADMIN_USER, BIN, Stack
+from tests.stack import ADMIN_PASSWORD, ADMIN_USER, BIN, Stack
 
 CHROMIUM = Path(os.environ.get("LEPTON_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("LEPTON_CHROMEDRIVER", "/usr/bin/chromedriver"))

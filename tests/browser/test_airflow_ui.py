@@ -26,7 +26,7 @@ from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from tests.browser.stack import Stack
+from tests.stack import Stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

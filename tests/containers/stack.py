@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from tests.browser.stack import free_port
+from tests.stack import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_IMAGE = "lepton/task:0.2.0"

@@ -19,6 +19,19 @@ def task_states(dag_run) -> dict[str, str]:
         return {ti.task_id: str(ti.state) for ti in rows}
 
 
+def run_note(dag_run) -> str | None:
+    """The DAG run's note, as the UI shows it."""
+    from airflow.models import DagRun
+
+    with create_session() as session:
+        row = (
+            session.query(DagRun)
+            .filter(DagRun.dag_id == dag_run.dag_id, DagRun.run_id == dag_run.run_id)
+            .one()
+        )
+        return row.note
+
+
 def xcom(dag_run, task_id: str, key: str):
     from airflow.models.xcom import XComModel
 

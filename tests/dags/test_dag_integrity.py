@@ -15,7 +15,17 @@ from airflow.sdk.definitions.param import ParamsDict
 
 from tests.airflow_env import REPO, load_dag
 
-CHAIN = ["pipeline_start", "ingest", "validate", "train", "evaluate", "register", "pipeline_end"]
+CHAIN = [
+    "pipeline_start",
+    "ingest",
+    "check_inputs",
+    "anything_new",
+    "validate",
+    "train",
+    "evaluate",
+    "register",
+    "pipeline_end",
+]
 
 
 def test_every_dag_imports_and_is_named_after_its_file() -> None:
@@ -50,16 +60,24 @@ def test_every_step_input_is_an_argument_an_upstream_result_or_a_param(
         value = tasks[task_id].options[option]
         return value.operator.task_id, value.key
 
+    assert source("check_inputs", "snapshot_id") == ("ingest", "snapshot_id")
+    assert tasks["anything_new"].op_args[0].operator.task_id == "check_inputs"
     assert source("validate", "snapshot") == ("ingest", "snapshot_uri")
     assert source("train", "snapshot") == ("validate", "snapshot_uri")
     assert source("evaluate", "training") == ("train", "result_uri")
     assert source("register", "evaluation") == ("evaluate", "result_uri")
     assert source("register", "validation") == ("validate", "result_uri")
-    for task_id in ("ingest", "validate", "train", "evaluate", "register", "pipeline_end"):
+    steps = ("ingest", "check_inputs", "validate", "train", "evaluate", "register")
+    for task_id in (*steps, "pipeline_end"):
         assert source(task_id, "run_dir") == ("pipeline_start", "run_dir")
     assert tasks["train"].options["epochs"].name == "epochs"  # the param's value, None kept
-    assert tasks["pipeline_end"].options["steps"] == "ingest,validate,train,evaluate,register"
-    assert all(t.multiple_outputs for t in dag.tasks)
+    assert (
+        tasks["pipeline_end"].options["steps"]
+        == "ingest,check-inputs,validate,train,evaluate,register"
+    )
+    # A run reads the batches landed by its logical date: a backfill sees each night's data.
+    assert "dag_run.logical_date" in tasks["ingest"].options["as_of"]
+    assert all(tasks[t].multiple_outputs for t in (*steps, "pipeline_start", "pipeline_end"))
 
 
 def test_retries_backoff_and_timeouts(fresh_runtime_settings) -> None:
@@ -78,6 +96,22 @@ def test_schedule_is_nightly_cron_or_landing_zone_asset(fresh_runtime_settings) 
     assert isinstance(dag.timetable.timetable, CronTriggerTimetable)
     assert dag.timetable.timetable.expression == "0 2 * * *"
     assert "lepton_landing_zone" in repr(dag.timetable.asset_condition)
+
+
+def test_the_landing_zone_is_watched_by_the_triggerer(
+    fresh_runtime_settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Before (issue 13): nothing ever updated the asset, so a landed batch waited for 02:00."""
+    from lepton_airflow.landing_watch import LandingZoneTrigger
+
+    monkeypatch.setenv("LEPTON_LANDING_URI", str(tmp_path / "zone"))
+    monkeypatch.setenv("LEPTON_LANDING_POLL_S", "5")
+    (asset,) = load_dag().timetable.asset_condition.objects
+    (watcher,) = asset.watchers
+    assert isinstance(watcher.trigger, LandingZoneTrigger)
+    classpath, kwargs = watcher.trigger.serialize()
+    assert classpath == "lepton_airflow.landing_watch.LandingZoneTrigger"
+    assert kwargs == {"zone": str(tmp_path / "zone"), "poll_s": 5.0}
 
 
 def test_schedule_comes_from_configuration(

@@ -19,10 +19,11 @@ from mlflow import MlflowClient
 from lepton_tasks.landing_simulator import simulate_landing
 from lepton_tasks.pipeline_run import run_dir_for
 from tests.airflow_env import load_dag
-from tests.dags.helpers import AlertSink, night, task_states, xcom
+from tests.dags.helpers import AlertSink, night, run_note, task_states, xcom
 
 pytestmark = pytest.mark.slow
 STEPS = ["pipeline_start", "ingest", "validate", "train", "evaluate", "register", "pipeline_end"]
+SKIPPED_WHEN_UNCHANGED = ("validate", "train", "evaluate", "register")
 
 
 def step_result(dag_run, step: str) -> dict:
@@ -54,7 +55,9 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
     assert {states[s] for s in ("validate", "train", "evaluate", "register")} == {"skipped"}
     assert states["pipeline_end"] == "success"
     ended = step_result(empty, "pipeline-end")
-    assert ended["status"] == "SKIPPED" and "no batch has landed yet" in ended["error"]
+    assert (
+        ended["status"] == "SKIPPED" and "no batch had landed by 2026-01-01T02:00" in ended["error"]
+    )
     skipped_run = mlflow.get_run(ended["mlflow_run_id"])
     assert skipped_run.info.status == "FINISHED"
     assert skipped_run.data.tags["lepton.outcome"] == "SKIPPED"
@@ -103,18 +106,43 @@ def test_three_nights_champion_growth_gate_and_corrupt_batch(
     assert str(now.version) == str(expected)
     assert registered["promoted"] == decision["promote"]
 
-    # The same data again (nothing new landed): training is reused, no new version.
+    # The same data again (nothing new landed): the same inputs as the second night, so the
+    # steps after check-inputs are skipped and nothing is registered; the run's note says so.
     same = dag.test(logical_date=night(3) + timedelta(hours=6), run_conf=conf)
-    assert same.state == "success", task_states(same)
-    reused = step_result(same, "train")
-    assert reused["reused_from_run"] == step_result(second, "train")["run_dir"]
-    again = step_result(same, "register")
-    assert again["already_registered"] and again["version"] == registered["version"]
+    states = task_states(same)
+    assert same.state == "success", states
+    assert {states[s] for s in SKIPPED_WHEN_UNCHANGED} == {"skipped"}, states
+    assert states["check_inputs"] == states["anything_new"] == states["pipeline_end"] == "success"
+    checked = step_result(same, "check-inputs")
+    assert checked["unchanged_since"] == registered["version"]
+    assert checked["unchanged_since_run"] == second.run_id
+    ended = step_result(same, "pipeline-end")
+    assert ended["status"] == "UNCHANGED"
+    assert ended["summary"].startswith(f"Unchanged since v{registered['version']}: ")
+    assert run_note(same) == ended["summary"]
+    same_pipeline = mlflow.get_run(ended["mlflow_run_id"])
+    assert same_pipeline.data.tags["lepton.unchanged_since"] == f"v{registered['version']}"
+    assert same_pipeline.info.status == "FINISHED"
     assert str(client.get_model_version_by_alias("lepton-digits", "champion").version) == str(
         expected
     )
-    same_pipeline = mlflow.get_run(step_result(same, "pipeline-end")["mlflow_run_id"])
-    assert same_pipeline.data.tags["lepton.unchanged_since"] == f"v{registered['version']}"
+    assert len(client.search_model_versions("name='lepton-digits'")) == int(registered["version"])
+    # The second night's note: what it registered and the gate's interval.
+    assert run_note(second).startswith(f"Registered lepton-digits v{registered['version']}; ")
+    assert "interval [" in run_note(second)
+
+    # Only the gate's margin changes: the steps run, but training is the same content, so it
+    # is reused (the step's own cache) and register finds the version it made already.
+    stricter = dag.test(
+        logical_date=night(3) + timedelta(hours=7), run_conf={**conf, "min_improvement": 0.5}
+    )
+    assert stricter.state == "success", task_states(stricter)
+    reused = step_result(stricter, "train")
+    assert reused["reused_from_run"] == step_result(second, "train")["run_dir"]
+    again = step_result(stricter, "register")
+    assert again["already_registered"] and again["version"] == registered["version"]
+    assert not again["promoted"]
+    assert run_note(stricter).startswith(f"Unchanged since v{registered['version']}: ")
 
     # Night 3: a corrupt (one-class) batch: validate fails, nothing after it runs.
     simulate_landing(

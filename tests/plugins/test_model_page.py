@@ -20,7 +20,7 @@ def registry(lepton_env: Path) -> MlflowClient:
 
     experiment_id = tracking.setup()  # artifacts beside the test's store, not in ./mlruns
     client = MlflowClient()
-    client.create_registered_model("lepton-digits")
+    client.create_registered_model("lepton-digits", tags={"lepton.managed": "true"})
     for number, accuracy in ((1, 0.97), (2, 0.98)):
         with mlflow.start_run(experiment_id=experiment_id) as run:
             mlflow.log_dict({"v": number}, "model/info.json")
@@ -138,9 +138,17 @@ def test_a_cross_site_post_is_refused(registry: MlflowClient, signed_in) -> None
     assert str(registry.get_model_version_by_alias("lepton-digits", "champion").version) == "1"
 
 
-def test_only_the_configured_model_is_shown_or_moved(registry: MlflowClient, signed_in) -> None:
-    """Before: `model_name` let a user move `champion` on any registered model."""
+def test_only_models_lepton_registered_are_listed_shown_or_moved(
+    registry: MlflowClient, signed_in
+) -> None:
+    """Before: `model_name` let a user move `champion` on any registered model; then (issue
+    12) only LEPTON_MODEL_NAME was shown, so models trained with another name were invisible."""
     registry.create_registered_model("someone-elses")
+    registry.create_registered_model("fashion", tags={"lepton.managed": "true"})
+    page = signed_in.get("/")
+    assert '<nav id="models">Models: <a href="/lepton/?model_name=fashion">fashion</a>' in page.text
+    assert "<strong>lepton-digits</strong>" in page.text and "someone-elses" not in page.text
+    assert "Registered model fashion" in signed_in.get("/?model_name=fashion").text
     assert signed_in.get("/", params={"model_name": "someone-elses"}).status_code == 403
     done = signed_in.post(
         "/rollback",

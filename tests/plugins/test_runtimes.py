@@ -71,7 +71,9 @@ def test_local_runtime_empty_landing_zone_skips(tmp_path: Path, lepton_env: Path
     landing = tmp_path / "landing"
     (landing / "_quarantine" / "old-batch").mkdir(parents=True)  # rejected batches do not count
     operator = step("ingest", run_dir=str(tmp_path / "run"), source=str(landing), when_empty="skip")
-    with pytest.raises(AirflowSkipException, match=r"NothingToIngestError: no batch has landed"):
+    with pytest.raises(
+        AirflowSkipException, match=r"NothingToIngestError: no batch had landed yet"
+    ):
         operator.execute({})
 
 
@@ -178,7 +180,7 @@ def test_whole_dag_requests_a_gpu_for_train_alone(
     monkeypatch.setenv("LEPTON_RUNTIME", runtime)
     dag = load_dag()
     gpu_tasks = set()
-    for task in dag.tasks:
+    for task in (t for t in dag.tasks if hasattr(t, "step")):  # the steps, not the short circuit
         if runtime == "docker" and task.device_requests:
             gpu_tasks.add(task.task_id)
         if runtime == "kubernetes" and (task.container_resources.limits or {}).get(

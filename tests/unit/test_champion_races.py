@@ -92,6 +92,24 @@ def test_a_register_retry_does_not_undo_a_rollback_made_after_its_first_try(
     assert champion(registry) == "1"  # the rollback stands
 
 
+def test_the_next_night_does_not_promote_a_version_a_person_rolled_back_from(
+    registry: MlflowClient, tmp_path: Path
+) -> None:
+    """The same training (reused from the content cache) is the same version: after a
+    rollback, a later run whose gate passes again must not undo the person's decision."""
+    evaluated = candidate(tmp_path)
+    assert register(evaluated, str(tmp_path / "run")).promoted and champion(registry) == "3"
+    rollback("m", "1", "v3 misbehaves", "ops", str(tmp_path))
+    with mlflow.start_run(experiment_id=tracking.setup()) as next_night:
+        pass
+    again = register(evaluated, str(tmp_path / "next"), parent_run_id=next_night.info.run_id)
+    assert again.version == "3" and again.already_registered and not again.promoted
+    assert champion(registry) == "1"
+    # Rolling back to it by hand is still possible, and then the gate may keep it.
+    rollback("m", "3", "fixed upstream", "ops", str(tmp_path))
+    assert champion(registry) == "3"
+
+
 def test_rollback_refuses_when_the_champion_moved_since_the_page_was_shown(
     registry: MlflowClient, tmp_path: Path
 ) -> None:

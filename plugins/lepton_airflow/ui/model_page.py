@@ -51,13 +51,33 @@ def _authorize(user: Any, method: str) -> None:
 
 
 def _model_name(requested: str | None) -> str:
-    """The configured model; any other name is refused (the page has the server's creds)."""
+    """The model asked for (default: the configured one), if Lepton registered it; any other
+    model of the registry is refused (the page acts with the server's credentials)."""
+    from lepton_tasks.registry import lepton_models
     from lepton_tasks.settings import get_settings
 
     configured = get_settings().model_name
-    if requested not in (None, "", configured):
-        raise HTTPException(status_code=403, detail=f"this page shows '{configured}' only")
-    return configured
+    if requested in (None, "", configured):
+        return configured
+    if requested not in lepton_models():
+        raise HTTPException(
+            status_code=403, detail=f"'{requested}' is not a model Lepton registered"
+        )
+    return requested
+
+
+def _models_nav(current: str) -> str:
+    """Every model Lepton registered, each a link to its page."""
+    from lepton_tasks.registry import lepton_models
+
+    names = sorted({*lepton_models(), current})
+    items = (
+        f"<strong>{e(name)}</strong>"
+        if name == current
+        else f'<a href="/lepton/?{urlencode({"model_name": name})}">{e(name)}</a>'
+        for name in names
+    )
+    return f'<nav id="models">Models: {" · ".join(items)}</nav>'
 
 
 def _same_origin(request: Request) -> None:
@@ -142,6 +162,7 @@ def page(
         notice = f'<p class="notice" id="notice">Champion is now v{e(rolled_back_to)}{was}.</p>'
     return PAGE.format(
         model=e(info.model_name),
+        models=_models_nav(info.model_name),
         notice=notice,
         champion=_champion_card(champion, info.tracking_uri),
         rows="".join(_version_row(v, info.model_name) for v in info.versions),
@@ -230,7 +251,7 @@ margin-bottom:1.25rem}}
 .champion{{border-left:4px solid #38a169}} .champion p{{margin:.25rem 0}}
 table{{border-collapse:collapse;width:100%}} th{{background:#edf2f7;font-weight:600}}
 td,th{{border-bottom:1px solid #e2e8f0;padding:.45rem .6rem;text-align:left;vertical-align:top}}
-a{{color:#2b6cb0}} .muted{{color:#718096}}
+a{{color:#2b6cb0}} .muted{{color:#718096}} nav{{margin:-.5rem 0 1rem}}
 .badge{{display:inline-block;border-radius:4px;padding:0 .4rem;margin-right:.25rem;
 background:#e2e8f0;font-size:.8rem}} .badge.champion{{background:#c6f6d5;color:#22543d}}
 .badge.challenger{{background:#bee3f8;color:#2a4365}}
@@ -242,6 +263,7 @@ button{{background:#2b6cb0;color:#fff;border:0;border-radius:4px;padding:.4rem .
 ul{{margin:0;padding-left:1.2rem}} li{{margin:.2rem 0}}
 </style></head><body>
 <h1>Registered model {model}</h1>
+{models}
 {notice}
 {champion}
 <section class="card"><h2>Versions</h2><table><thead><tr><th>Version</th><th>Aliases</th>

@@ -1,4 +1,5 @@
-"""The embedded stack as users start it (`make ui`): `airflow standalone` and `mlflow server`.
+"""The embedded stack as users start it (`make ui`): `airflow standalone` (its scheduler,
+triggerer, dag processor and API server) and `mlflow server`.
 
 Each test session gets its own folder, free ports and a known admin password, so nothing here
 reads or writes the developer's `.lepton/` and two sessions never collide.
@@ -18,8 +19,9 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "lepton-browser-test"
@@ -41,6 +43,8 @@ class Stack:
     airflow_port: int = field(default_factory=free_port)
     mlflow_port: int = field(default_factory=free_port)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    # Variables of this stack's own on top of the defaults (e.g. the scheduler's settings).
+    extra_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def lepton_home(self) -> Path:
@@ -104,7 +108,31 @@ class Stack:
                 "TF_CPP_MIN_LOG_LEVEL": "2",
             }
         )
+        env.update(self.extra_env)
         return env
+
+    def api(self, method: str, path: str, body: object | None = None) -> Any:
+        """Airflow's REST API (`/api/v2/...`) as the admin user; the JSON answer."""
+        if not hasattr(self, "_token"):
+            self._token = self._request(
+                "POST", "/auth/token", {"username": ADMIN_USER, "password": ADMIN_PASSWORD}
+            )["access_token"]
+        return self._request(method, path, body, self._token)
+
+    def _request(
+        self, method: str, path: str, body: object | None, token: str | None = None
+    ) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        request = urllib.request.Request(
+            self.airflow_url + path,
+            method=method,
+            data=None if body is None else json.dumps(body).encode(),
+            headers=headers,
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read() or b"null")
 
     def start(self) -> None:
         for folder in (self.lepton_home, self.airflow_home, self.logs):
