@@ -14,7 +14,7 @@ UV_VERSION := 0.13.9
 EXTRAS ?= cpu,airflow,server,dev
 PYTEST_ARGS ?=
 
-.PHONY: install browser test test-fast test-browser test-containers lint format demo ui bench bench-loop bench-containers env images up down clean help
+.PHONY: install browser test test-fast test-browser test-containers lint format demo ui bench bench-loop bench-formats bench-containers env images up down clean help
 
 help:
 	@echo "make demo   run the lepton_training pipeline end to end (installs into .venv)"
@@ -88,6 +88,10 @@ bench: install
 # The nightly loop through airflow standalone's scheduler: landing -> run, full vs unchanged run.
 bench-loop: install
 	$(BIN)/python bench/nightly_loop.py
+
+# Each dataset layout (RGB NPZ, PNG class folders, TFRecord, CSV) through the five steps.
+bench-formats: install
+	$(BIN)/python bench/formats.py
 
 # Image build times and sizes, container start cost per step (needs a Docker engine).
 bench-containers: install

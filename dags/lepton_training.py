@@ -34,6 +34,7 @@ from lepton_airflow.landing_watch import LandingZoneTrigger
 from lepton_airflow.notifiers import failure_callbacks
 from lepton_airflow.operator_factory import param_value, proceed_if_changed, step_operator
 from lepton_airflow.settings import runtime_settings
+from lepton_tasks.model_catalog import installed_models
 
 settings = runtime_settings()
 landing_zone = Asset(
@@ -73,10 +74,22 @@ LOGICAL_DATE = "{{ dag_run.logical_date.isoformat() if dag_run.logical_date else
             type="string",
             minLength=1,
             title="Data source",
-            description="Landing-zone folder, sklearn:digits, an IDX folder, .npz or .parquet.",
+            description="Landing-zone folder, sklearn:digits, an IDX folder, .npz, .parquet, "
+            ".csv, .tfrecord, or a folder of class folders of images.",
         ),
-        "format": Param("auto", enum=["auto", "sklearn", "idx", "npz", "parquet"], title="Format"),
-        "architecture": Param("lepton_cnn", enum=["lepton_cnn", "seed_cnn"], title="Architecture"),
+        "format": Param(
+            "auto",
+            enum=["auto", "sklearn", "idx", "npz", "parquet", "csv", "tfrecord", "images"],
+            title="Format",
+            description="auto: from the name (a folder of class folders of images: images).",
+        ),
+        "architecture": Param(
+            "lepton_cnn",
+            enum=list(installed_models()),
+            title="Architecture",
+            description="Lepton's own, or a model of an installed package's lepton.models "
+            "entry point.",
+        ),
         "model_name": Param(
             settings.model_name, type="string", minLength=1, title="Registered model"
         ),
@@ -89,6 +102,13 @@ LOGICAL_DATE = "{{ dag_run.logical_date.isoformat() if dag_run.logical_date else
             description="Empty: enough for 500 optimizer steps, at least 5.",
         ),
         "batch_size": Param(64, type="integer", minimum=1, maximum=4096, title="Batch size"),
+        "augment": Param(
+            "none",
+            enum=["none", "shift-rotate", "shift-rotate-flip"],
+            title="Augmentation",
+            description="Seeded random shifts and rotations while training; flips only where "
+            "a mirrored image is the same class.",
+        ),
         "learning_rate": Param(
             None,
             type=["null", "number"],
@@ -134,6 +154,7 @@ def lepton_training() -> None:
         dag_run_id="{{ run_id }}",
         logical_date=LOGICAL_DATE,
         dag_version="{{ ti.dag_version_id }}",
+        run_type="{{ dag_run.run_type }}",
         params="{{ params | tojson }}",
     )
     run_dir = start.output["run_dir"]
@@ -172,6 +193,7 @@ def lepton_training() -> None:
         epochs=param_value("epochs"),
         batch_size=param_value("batch_size"),
         learning_rate=param_value("learning_rate"),
+        augment=param_value("augment"),
         force_retrain=param_value("force_retrain"),
         parent_run_id=pipeline_run,
     )

@@ -180,11 +180,18 @@ def ingest(
         ),
     ] = "sklearn:digits",
     fmt: Annotated[
-        str, typer.Option("--format", help="auto|sklearn|idx|npz|parquet (auto: from the URI).")
+        str,
+        typer.Option(
+            "--format",
+            help="auto|sklearn|idx|npz|parquet|csv|tfrecord|images (auto: from the URI).",
+        ),
     ] = "auto",
     classes: Annotated[
         str | None,
-        typer.Option(help="Comma-separated class names [default: LEPTON_CLASSES, digits 0-9]."),
+        typer.Option(
+            help="Comma-separated class names [default: LEPTON_CLASSES, else read from the "
+            "labels: numbers in numeric order, names in alphabetical order]."
+        ),
     ] = None,
     when_empty: Annotated[
         str,
@@ -255,7 +262,11 @@ def validate(
 def train(
     run_dir: RunDir,
     architecture: Annotated[
-        str, typer.Option(help="Architecture: lepton_cnn (default) or seed_cnn.")
+        str,
+        typer.Option(
+            help="lepton_cnn (default), seed_cnn, an installed lepton.models entry point "
+            "(`lepton-tasks models`), or module:function returning an uncompiled keras.Model."
+        ),
     ] = "lepton_cnn",
     epochs: Annotated[
         int | None,
@@ -277,6 +288,13 @@ def train(
         str, typer.Option(help="XLA: auto (Keras decides), on or off.")
     ] = "auto",
     deterministic: Annotated[bool, typer.Option(help="Deterministic ops (slower).")] = False,
+    augment: Annotated[
+        str,
+        typer.Option(
+            help="none (default), shift-rotate, or shift-rotate-flip (where a mirrored image is "
+            "the same class): seeded random shifts, rotations and flips while training."
+        ),
+    ] = "none",
     force_retrain: Annotated[
         bool,
         typer.Option(
@@ -291,17 +309,8 @@ def train(
     from lepton_tasks.steps.train import TrainParams
     from lepton_tasks.steps.train import train as train_step
 
-    params = TrainParams(
-        architecture=architecture,
-        epochs=epochs,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        patience=patience,
-        seed=seed,
-        mixed_precision=mixed_precision,
-        jit_compile=jit_compile,
-        deterministic=deterministic,
-    )
+    options = locals()  # the options that are TrainParams' fields, by their names
+    params = TrainParams(**{name: options[name] for name in TrainParams.model_fields})
 
     def action() -> StepResult:
         snapshot_uri = snapshot or upstream(None, run_dir, "ingest", IngestResult).snapshot_uri
@@ -413,6 +422,17 @@ def rollback(
     )
 
 
+@app.command("models")
+def models() -> None:
+    """List the architectures train can use: Lepton's own and installed entry points."""
+    from lepton_tasks.model_catalog import installed_models
+
+    found = installed_models()
+    for name, target in found.items():
+        typer.echo(f"{name}\t{target}", err=True)
+    typer.echo(json.dumps(found))
+
+
 @app.command("pipeline-start")
 def pipeline_start(
     dag_id: Annotated[str, typer.Option(help="The orchestrating DAG's id.")],
@@ -420,6 +440,9 @@ def pipeline_start(
     logical_date: Annotated[str | None, typer.Option()] = None,
     dag_version: Annotated[str | None, typer.Option()] = None,
     params_json: Annotated[str, typer.Option("--params", help="The run's params as JSON.")] = "{}",
+    run_type: Annotated[
+        str | None, typer.Option(help="manual, scheduled, backfill, asset_triggered.")
+    ] = None,
     run_dir: Annotated[
         str | None,
         typer.Option(
@@ -431,7 +454,8 @@ def pipeline_start(
     from lepton_tasks.pipeline_run import start
 
     def action() -> StepResult:
-        return start(dag_id, dag_run_id, logical_date, dag_version, _params(params_json), run_dir)
+        params = _params(params_json)
+        return start(dag_id, dag_run_id, logical_date, dag_version, params, run_dir, run_type)
 
     run_step("pipeline-start", run_dir, action)
 

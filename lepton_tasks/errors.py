@@ -68,6 +68,12 @@ class DataValidationError(LeptonError):
         self.failures = failures or []
 
 
+class ClassSetError(DataValidationError):
+    """The data's classes are not the champion's: a new class, or one missing."""
+
+    exit_code = 13
+
+
 class UpstreamMissingError(LeptonError):
     """A step's input from an earlier step is missing from the run folder."""
 
@@ -130,6 +136,7 @@ ERROR_CLASSES: tuple[type[LeptonError], ...] = (
     NothingToIngestError,
     TrackingAccessDeniedError,
     ChampionMovedError,
+    ClassSetError,
 )
 EXIT_CODES: dict[str, int] = {cls.__name__: cls.exit_code for cls in ERROR_CLASSES}
 _ACTIONS: dict[int, FailureAction] = {cls.exit_code: cls.on_failure for cls in ERROR_CLASSES}

@@ -13,6 +13,7 @@ from typing import Any
 
 from lepton_tasks import storage
 from lepton_tasks.errors import UsageError
+from lepton_tasks.model_catalog import installed_models
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,63 @@ ARCHITECTURES: dict[str, Architecture] = {
 DEFAULT_ARCHITECTURE = "lepton_cnn"
 
 
+# A model of your own trains at this peak learning rate unless --learning-rate says otherwise.
+CUSTOM_LEARNING_RATE = 1e-3
+
+
 def get_architecture(name: str) -> Architecture:
-    try:
+    """A built-in architecture, an installed `lepton.models` entry point, or "module:function"
+    (a function of (input shape, class count) returning an uncompiled `keras.Model`)."""
+    if name in ARCHITECTURES:
         return ARCHITECTURES[name]
-    except KeyError:
+    target = installed_models().get(name) or (name if ":" in name else None)
+    if target is None:
         raise UsageError(
-            f"unknown model '{name}'; choose one of {', '.join(sorted(ARCHITECTURES))}"
-        ) from None
+            f"unknown model '{name}'; choose one of {', '.join(sorted(installed_models()))}, "
+            "or give your own as module:function"
+        )
+    return Architecture(_checked(_import(target), target), CUSTOM_LEARNING_RATE)
+
+
+def _import(target: str) -> Callable[..., Any]:
+    import importlib
+
+    module_name, _, function_name = target.partition(":")
+    try:
+        build = getattr(importlib.import_module(module_name), function_name)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(f"cannot import the model function {target}: {exc}") from exc
+    if not callable(build):
+        raise UsageError(f"{target} is not a function")
+    return build
+
+
+def _checked(build: Callable[..., Any], target: str) -> Callable[[tuple[int, ...], int], Any]:
+    """`build`, with what it returns checked: a Keras model whose output is one probability
+    per class (logits get a softmax on top, so every model's outputs mean the same)."""
+
+    def checked_build(input_shape: tuple[int, ...], num_classes: int) -> Any:
+        import keras
+        import numpy as np
+
+        try:
+            model = build(input_shape, num_classes)
+        except Exception as exc:
+            raise UsageError(f"{target}{(input_shape, num_classes)} failed: {exc}") from exc
+        if not isinstance(model, keras.Model):
+            raise UsageError(f"{target} returned {type(model).__name__}, not a keras.Model")
+        probe = np.random.default_rng(0).integers(0, 256, (2, *input_shape)).astype("float32")
+        outputs = np.asarray(model(probe, training=False))
+        if outputs.shape != (2, num_classes):
+            raise UsageError(
+                f"{target}: the output has shape {outputs.shape[1:]} per image; it must be "
+                f"({num_classes},), one value per class"
+            )
+        if (outputs < 0).any() or not np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
+            return keras.Sequential([model, keras.layers.Softmax(dtype="float32")], name=model.name)
+        return model
+
+    return checked_build
 
 
 def load_keras(uri: str) -> Any:

@@ -42,6 +42,7 @@ def start(
     dag_version: str | None = None,
     params: dict[str, Any] | None = None,
     run_dir: str | None = None,
+    run_type: str | None = None,
 ) -> PipelineStartResult:
     """Open the pipeline's MLflow run for an orchestrator run, or find it on a retry.
 
@@ -49,12 +50,13 @@ def start(
         dag_id, run_id, logical_date, dag_version: the orchestrator run, tagged on the run.
         params: the run's params, logged as the run's params.
         run_dir: the run folder [default: `run_dir_for(dag_id, run_id)`].
+        run_type: the orchestrator's kind of run; a backfill must not train the live model.
 
     Returns:
         The run folder every step of this run writes into, and the MLflow run to nest under.
 
     Raises:
-        UsageError: force_promotion without a force_reason.
+        UsageError: force_promotion without a force_reason; a backfill of the live model.
         TrackingUnavailableError: MLflow cannot be reached.
     """
     params = params or {}
@@ -62,6 +64,7 @@ def start(
         raise UsageError("the param 'model' is now 'architecture' (e.g. {\"architecture\": ...})")
     if params.get("force_promotion") and not str(params.get("force_reason") or "").strip():
         raise UsageError("force_promotion needs a force_reason: say why the gate is bypassed")
+    _check_backfill(run_type, params)
     run_dir = run_dir or run_dir_for(dag_id, run_id)
     experiment_id = tracking.setup()
     tags = {
@@ -82,6 +85,18 @@ def start(
         dag_id=dag_id,
         dag_run_id=run_id,
     )
+
+
+def _check_backfill(run_type: str | None, params: dict[str, Any]) -> None:
+    """Past nights compared with today's champion could move it: a backfill rebuilds history
+    in a model of its own."""
+    live = get_settings().model_name
+    if run_type == "backfill" and (params.get("model_name") or live) == live:
+        raise UsageError(
+            f"a backfill registers past nights' models: give it a model of its own, not the "
+            f"live '{live}' (airflow backfill create ... --dag-run-conf "
+            f'\'{{"model_name": "{live}-backfill"}}\')'
+        )
 
 
 def _find_or_create_run(

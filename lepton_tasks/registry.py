@@ -10,6 +10,7 @@ import contextlib
 import json
 import logging
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
@@ -76,6 +77,20 @@ def champion_number(model_name: str) -> str | None:
 
 
 _UNKNOWN = object()
+# Client settings the one GET does not apply (workspaces, TLS options, auth plugins): with any
+# of them set, MLflow's own client answers.
+_CLIENT_ONLY = (
+    "MLFLOW_WORKSPACE",
+    "MLFLOW_TRACKING_INSECURE_TLS",
+    "MLFLOW_TRACKING_CLIENT_CERT_PATH",
+    "MLFLOW_TRACKING_SERVER_CERT_PATH",
+    "MLFLOW_TRACKING_AUTH",
+)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
 
 
 def _champion_over_rest(uri: str, model_name: str) -> object:
@@ -88,11 +103,8 @@ def _champion_over_rest(uri: str, model_name: str) -> object:
     import os
     import urllib.error
     import urllib.parse
-    import urllib.request
 
-    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS") or os.environ.get(
-        "MLFLOW_TRACKING_CLIENT_CERT_PATH"
-    ):
+    if any(os.environ.get(name) for name in _CLIENT_ONLY):
         return _UNKNOWN
     query = urllib.parse.urlencode({"name": model_name, "alias": "champion"})
     request = urllib.request.Request(
@@ -103,8 +115,10 @@ def _champion_over_rest(uri: str, model_name: str) -> object:
     elif user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
         secret = f"{user}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}".encode()
         request.add_header("Authorization", f"Basic {base64.b64encode(secret).decode()}")
+    # No redirects: a 3xx goes to the full client, and credentials never follow it elsewhere.
+    opener = urllib.request.build_opener(_NoRedirect)
     try:
-        with urllib.request.urlopen(request, timeout=10) as response:
+        with opener.open(request, timeout=10) as response:
             return str(json.load(response)["model_version"]["version"])
     except urllib.error.HTTPError as exc:
         body = exc.read().decode(errors="replace")

@@ -162,6 +162,9 @@ class InputCheckResult(StepResult):
     unchanged_since: str | None = None
     unchanged_since_run: str | None = None
     forced: list[str] = Field(default_factory=list)
+    # The settings, seed, code version and registry the key was made of (pipeline-end keys
+    # the finished run with the same ones).
+    environment: dict[str, Any] = Field(default_factory=dict)
 
 
 class PipelineEndResult(StepResult):

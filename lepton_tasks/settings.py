@@ -12,8 +12,6 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DIGIT_CLASSES = tuple(str(d) for d in range(10))
-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LEPTON_", extra="ignore")
@@ -44,7 +42,8 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=4096, ge=1)
     experiment_name: str = "lepton"
     model_name: str = "lepton-digits"
-    classes: tuple[str, ...] = DIGIT_CLASSES
+    # None: the class set is read from the labels (and checked against the champion's).
+    classes: tuple[str, ...] | None = None
 
     # Deterministic, content-hash based split: an example never changes split as data grows.
     val_fraction: float = Field(default=0.1, ge=0.0, lt=0.5)

@@ -136,7 +136,7 @@ def code_version() -> str:
         return version
     try:
         commit = _git("rev-parse", "--short", "HEAD").strip()
-        diff = _git("diff", "HEAD", "--", ".")
+        diff = _git("diff", "HEAD")  # the whole checkout: the DAG and plugins too
     except (OSError, subprocess.SubprocessError):  # an image: no git, so the source itself
         from lepton_tasks import __version__
 
@@ -212,7 +212,9 @@ def keras_requirements() -> list[str]:
     return requirements
 
 
-def log_keras_model(model: Any, signature: Any, input_example: Any) -> str:
+def log_keras_model(
+    model: Any, signature: Any, input_example: Any, metadata: dict[str, Any] | None = None
+) -> str:
     """`mlflow.keras.log_model` with signature and input example; returns the model URI.
 
     MLflow 3.17's Keras flavor writes `input_example.json` before it creates the model folder,
@@ -237,6 +239,7 @@ def log_keras_model(model: Any, signature: Any, input_example: Any) -> str:
                 signature=signature,
                 input_example=input_example,
                 pip_requirements=keras_requirements(),
+                metadata=metadata,
             )
     finally:
         keras_save._save_example = original

@@ -10,12 +10,19 @@ night on the same data matches it, whether or not that run promoted its candidat
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 from pydantic import BaseModel
 
 from lepton_tasks import content_cache, registry, tracking
-from lepton_tasks.results import InputCheckResult, RegisterResult, records_result
+from lepton_tasks.redact import redact
+from lepton_tasks.results import (
+    EvaluateResult,
+    InputCheckResult,
+    RegisterResult,
+    records_result,
+)
 from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.settings import get_settings
 
@@ -24,7 +31,14 @@ log = logging.getLogger(__name__)
 CACHE = "pipeline"
 # The DAG params that decide a run's outcome. The source and format are not among them: the
 # snapshot id is what was read. Forcing is never a repeat.
-OUTCOME_PARAMS = ("architecture", "epochs", "batch_size", "learning_rate", "min_improvement")
+OUTCOME_PARAMS = (
+    "architecture",
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "augment",
+    "min_improvement",
+)
 FORCING_PARAMS = ("force_retrain", "force_promotion")
 # The settings that decide a run's outcome: validation thresholds and the gate.
 OUTCOME_SETTINGS = {
@@ -50,16 +64,27 @@ class RunMemo(BaseModel):
     run_dir: str
 
 
-def run_key(snapshot_id: str, params: dict[str, Any], champion: str | None) -> str:
+def environment_inputs() -> dict[str, Any]:
+    """What decides the outcome besides the data and the params: the settings, the seed, the
+    code version and the registry (a reset registry numbers its versions anew)."""
+    return {
+        "settings": get_settings().model_dump(include=OUTCOME_SETTINGS, mode="json"),
+        "seed": os.environ.get("LEPTON_SEED", ""),
+        "code": tracking.code_version(),
+        "registry": redact(tracking.tracking_uri()),
+    }
+
+
+def run_key(
+    snapshot_id: str, params: dict[str, Any], champion: str | None, environment: dict[str, Any]
+) -> str:
     """The content key of a run of `params` on the snapshot, compared with `champion`."""
-    settings = get_settings()
     return content_cache.cache_key(
         snapshot_id=snapshot_id,
         model_name=model_name_of(params),
         params={name: params.get(name) for name in OUTCOME_PARAMS},
-        settings=settings.model_dump(include=OUTCOME_SETTINGS, mode="json"),
-        code=tracking.code_version(),
         champion=champion,
+        **environment,
     )
 
 
@@ -84,7 +109,9 @@ def check_inputs(snapshot_id: str, run_dir: str, params: dict[str, Any]) -> Inpu
     """
     champion_version = registry.champion_number(model_name_of(params))
     forced = [name for name in FORCING_PARAMS if params.get(name)]
-    memo = content_cache.lookup(CACHE, run_key(snapshot_id, params, champion_version), RunMemo)
+    environment = environment_inputs()
+    key = run_key(snapshot_id, params, champion_version, environment)
+    memo = content_cache.lookup(CACHE, key, RunMemo)
     if forced or memo is None:
         log.info("new inputs%s: running every step", f" ({', '.join(forced)})" if forced else "")
         memo = None
@@ -103,20 +130,35 @@ def check_inputs(snapshot_id: str, run_dir: str, params: dict[str, Any]) -> Inpu
         unchanged_since=memo.version if memo else None,
         unchanged_since_run=memo.dag_run_id if memo else None,
         forced=forced,
+        environment=environment,
     )
 
 
 def remember(folder: RunFolder, dag_run_id: str | None) -> str | None:
     """After a successful run: key its inputs with the champion it left, for the next run.
 
-    Returns the version remembered, or None when the run did not check its inputs or did not
-    register (a run that skipped its steps is remembered already).
+    Only when the champion it left follows from its own decision: the one it compared with
+    (not promoted), or its candidate promoted over that one. A champion someone moved during
+    the run was never compared with: nothing is remembered, and the next run runs the gate.
+
+    Returns the version remembered, or None.
     """
     checked = folder.saved_result("check-inputs", InputCheckResult)
+    evaluated = folder.saved_result("evaluate", EvaluateResult)
     registered = folder.saved_result("register", RegisterResult)
-    if checked is None or registered is None or checked.unchanged_since:
+    if checked is None or evaluated is None or registered is None or checked.unchanged_since:
         return None
-    key = run_key(checked.snapshot_id, checked.params, registered.champion_version)
+    compared = evaluated.champion.version if evaluated.champion else None
+    after = registered.champion_version
+    followed = (
+        registered.previous_champion_version == compared and after == registered.version
+        if registered.promoted
+        else after == compared
+    )
+    if not followed:
+        log.warning("the champion moved during this run (now %s): not remembered", after)
+        return None
+    key = run_key(checked.snapshot_id, checked.params, after, checked.environment)
     memo = RunMemo(version=registered.version, dag_run_id=dag_run_id, run_dir=folder.uri)
     content_cache.store(CACHE, key, memo)
     return registered.version

@@ -42,6 +42,18 @@ def lepton_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
+def digit_classes(lepton_env: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The class set given (LEPTON_CLASSES), not read from the labels: a label outside it is
+    then a bad batch, the simplest bad input for tests of what happens to bad batches."""
+    from lepton_tasks.settings import get_settings
+
+    classes = [str(d) for d in range(10)]
+    monkeypatch.setenv("LEPTON_CLASSES", json.dumps(classes))
+    get_settings.cache_clear()
+    return classes
+
+
+@pytest.fixture
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
         pytest.skip(f"real MNIST not found at {MNIST_DIR}")

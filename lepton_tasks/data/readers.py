@@ -24,7 +24,7 @@ import numpy as np
 from lepton_tasks import storage
 from lepton_tasks.errors import InputDataError, UnknownSourceError
 
-FORMATS = ("auto", "sklearn", "idx", "npz", "parquet")
+FORMATS = ("auto", "sklearn", "idx", "npz", "parquet", "csv", "tfrecord", "images")
 CHUNK_SIZE = 65_536
 IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
@@ -47,6 +47,15 @@ class Batch:
     files: list[str] = field(default_factory=list)
     # The landing-zone entry this batch came from: what gets quarantined if it is bad.
     origin: str | None = None
+    # The labels alone, where a format can read them without the images.
+    read_labels: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+
+    def labels(self) -> np.ndarray:
+        """Every label of the batch (for the class set), cheaply where the format allows."""
+        if self.read_labels is not None:
+            return self.read_labels()
+        chunks = [labels for _, labels in self.read_chunks(CHUNK_SIZE)]
+        return np.concatenate(chunks) if chunks else np.asarray([])
 
 
 # Pixel normalization --------------------------------------------------------------------------
@@ -286,8 +295,22 @@ def _idx_batch(images_uri: str, labels_uri: str) -> Batch:
                     np.frombuffer(labels, np.uint8),
                 )
 
+    def read_labels() -> np.ndarray:
+        labels_in, _ = _idx_header(labels_uri, IDX_LABELS_MAGIC)
+        with labels_in:
+            return np.frombuffer(_read_exact(labels_in, count, labels_uri, "label data"), np.uint8)
+
     name = storage.basename(images_uri).split("-images")[0].split("-idx3")[0]
-    return Batch(name, images_uri, "idx", count, (rows, cols), read, [images_uri, labels_uri])
+    return Batch(
+        name,
+        images_uri,
+        "idx",
+        count,
+        (rows, cols),
+        read,
+        [images_uri, labels_uri],
+        read_labels=read_labels,
+    )
 
 
 # NPZ ------------------------------------------------------------------------------------------
@@ -353,8 +376,15 @@ def npz_batch(uri: str) -> Batch:
         images = to_uint8(check_images(images, uri), uri)
         yield from array_chunks(images, labels.reshape(-1), chunk_size)
 
+    def read_labels() -> np.ndarray:
+        try:
+            with storage.open_uri(uri, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
+                return npz["y"].reshape(-1)
+        except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
+            raise InputDataError(f"not a readable .npz archive: {exc}", where=uri) from exc
+
     name = storage.basename(uri).removesuffix(".npz")
-    return Batch(name, uri, "npz", shape[0], tuple(shape[1:]), read, [uri])
+    return Batch(name, uri, "npz", shape[0], tuple(shape[1:]), read, [uri], read_labels=read_labels)
 
 
 # Parquet --------------------------------------------------------------------------------------
@@ -481,6 +511,14 @@ def parquet_batch(uri: str) -> Batch:
             labels = table.column("label").to_numpy(zero_copy_only=False)
             yield to_uint8(images, uri), labels
 
+    def read_labels() -> np.ndarray:
+        arrays = []
+        for record_batch in parquet.iter_batches(columns=["label"]):
+            table = pa.Table.from_batches([record_batch])
+            _no_nulls(table, uri)
+            arrays.append(table.column("label").to_numpy(zero_copy_only=False))
+        return np.concatenate(arrays or [np.asarray([])])
+
     return Batch(
         storage.basename(uri).removesuffix(".parquet"),
         uri,
@@ -489,6 +527,7 @@ def parquet_batch(uri: str) -> Batch:
         shape,
         read,
         [uri],
+        read_labels=read_labels,
     )
 
 
@@ -503,10 +542,16 @@ def detect_format(source: str) -> str:
         return "npz"
     if lowered.endswith(".parquet"):
         return "parquet"
+    if lowered.endswith((".csv", ".csv.gz")):
+        return "csv"
+    if lowered.endswith((".tfrecord", ".tfrecords", ".tfrec")):
+        return "tfrecord"
     if "idx3-ubyte" in lowered or "idx1-ubyte" in lowered:
         return "idx"
     if storage.is_dir(source):
-        return "folder"
+        from lepton_tasks.data.image_formats import is_image_folder
+
+        return "images" if is_image_folder(source) else "folder"
     if not storage.exists(source):
         raise InputDataError("source not found", where=source)
     raise UnknownSourceError(
@@ -529,6 +574,15 @@ def open_source(source: str, fmt: str = "auto", as_of: datetime | None = None) -
         return [npz_batch(source)]
     if fmt == "parquet":
         return [parquet_batch(source)]
+    if fmt in ("csv", "tfrecord", "images"):
+        from lepton_tasks.data import image_formats
+
+        reader = {
+            "csv": image_formats.csv_batch,
+            "tfrecord": image_formats.tfrecord_batch,
+            "images": image_formats.image_folder_batch,
+        }[fmt]
+        return [reader(source)]
     return folder_batches(source, as_of)
 
 
@@ -542,7 +596,7 @@ def open_source(source: str, fmt: str = "auto", as_of: datetime | None = None) -
 
 _LANDING_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T_ ](\d{2})[:-]?(\d{2}))?")
 
-DATASET_SUFFIXES = (".npz", ".parquet")
+DATASET_SUFFIXES = (".npz", ".parquet", ".csv", ".csv.gz", ".tfrecord", ".tfrecords", ".tfrec")
 # What a read of a batch raises on malformed content besides InputDataError (pyarrow's errors
 # subclass ValueError, TypeError and NotImplementedError).
 READ_ERRORS = (
@@ -590,8 +644,19 @@ def _walk(folder: str, root: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
 
 
 def landed_at(entry: str, zone: str) -> datetime | None:
-    """When a batch landed: the date its path in the zone names, else its modification time."""
-    relative = entry[len(zone.rstrip("/")) + 1 :] if entry.startswith(zone.rstrip("/")) else entry
+    """When a batch landed: the date its path in the zone names, else its modification time.
+
+    Only the path within the zone counts: a zone named `landing-2027-01-01` dates nothing.
+    """
+    local_entry, local_zone = _local_path(entry), _local_path(zone)
+    if local_entry is not None and local_zone is not None:
+        entry_path, zone_path = os.path.abspath(local_entry), os.path.abspath(local_zone)
+    else:
+        entry_path, zone_path = entry, zone
+    prefix = zone_path.rstrip("/") + "/"
+    relative = (
+        entry_path[len(prefix) :] if entry_path.startswith(prefix) else storage.basename(entry)
+    )
     match = _LANDING_DATE.search(relative)
     if match:
         year, month, day, hour, minute = (int(part) if part else 0 for part in match.groups())
@@ -615,6 +680,8 @@ def dataset_entries(zone: str, as_of: datetime | None = None, *, quiet: bool = F
             not is_folder and _is_dataset_file(storage.basename(entry))
         ):
             landed = landed_at(entry, zone) if as_of is not None else None
+            if as_of is not None and landed is None:
+                log.warning("%s: no date in its name and no modification time; read", entry)
             (later if landed is not None and landed > as_of else entries).append(entry)
         elif not quiet:
             log.warning("skipping %s: not a dataset (see the landing protocol)", entry)
@@ -624,6 +691,10 @@ def dataset_entries(zone: str, as_of: datetime | None = None, *, quiet: bool = F
 
 
 def _holds_dataset(folder: str, zone: str, seen: set[str]) -> bool:
+    from lepton_tasks.data.image_formats import is_image_folder
+
+    if is_image_folder(folder):
+        return True
     return any(
         _holds_dataset(entry, zone, seen)
         if is_folder
@@ -688,10 +759,14 @@ def folder_batches(folder: str, as_of: datetime | None = None) -> list[Batch]:
 
 
 def _entry_batches(entry: str, zone: str, seen: set[str]) -> list[Batch]:
+    from lepton_tasks.data.image_formats import image_folder_batch, is_image_folder
+
     if not storage.is_dir(entry):
         return open_source(entry)
     if _find_idx_pairs(entry):
         return idx_batches(entry)
+    if is_image_folder(entry):  # a batch of class folders of images
+        return [image_folder_batch(entry)]
     local = _local_path(entry)
     if local is not None:
         seen.add(os.path.realpath(local))

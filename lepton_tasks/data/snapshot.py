@@ -46,14 +46,52 @@ def assign_splits(hashes: np.ndarray, val_fraction: float, test_fraction: float)
     )
 
 
+def _whole(labels: np.ndarray, where: str) -> np.ndarray:
+    """Float labels that are whole numbers as ints (a CSV or Parquet often stores 3 as 3.0)."""
+    if labels.dtype.kind != "f":
+        return labels
+    if np.isnan(labels).any():
+        raise InputDataError(f"{int(np.isnan(labels).sum())} label(s) are NaN", where=where)
+    if not np.all(labels == np.round(labels)):
+        raise InputDataError("labels must be whole numbers or class names", where=where)
+    return labels.astype(np.int64)
+
+
+def _key(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# More distinct labels than this is a wrong label column (pixel values, ids), not a class set.
+MAX_CLASSES = 1000
+
+
+def class_names_from_labels(label_arrays: list[np.ndarray], where: str) -> list[str]:
+    """The class set the labels hold: numbers in numeric order ("2" before "10"), names in
+    alphabetical order. Refuses fewer than two classes and an implausible number of them."""
+    keys: set[str] = set()
+    numeric = True
+    for labels in label_arrays:
+        uniques = np.unique(_whole(np.asarray(labels), where))
+        numeric = numeric and uniques.dtype.kind in "iu"
+        keys.update(_key(value) for value in uniques)
+    if len(keys) < 2:
+        raise InputDataError(
+            f"the labels hold {len(keys)} class(es) {sorted(keys)}: a classifier needs two or "
+            "more (or pass the class set with --classes)",
+            where=where,
+        )
+    if len(keys) > MAX_CLASSES:
+        raise InputDataError(
+            f"{len(keys)} distinct labels: more than {MAX_CLASSES} classes, so the label column "
+            "is probably not labels (pass the class set with --classes if it is)",
+            where=where,
+        )
+    return sorted(keys, key=int) if numeric else sorted(keys)
+
+
 def map_labels(labels: np.ndarray, class_names: list[str], where: str) -> np.ndarray:
     """Raw labels (ints or strings) to class indices; anything outside the class set is refused."""
-    if labels.dtype.kind == "f":
-        if np.isnan(labels).any():
-            raise InputDataError(f"{int(np.isnan(labels).sum())} label(s) are NaN", where=where)
-        if not np.all(labels == np.round(labels)):
-            raise InputDataError("labels must be whole numbers or class names", where=where)
-        labels = labels.astype(np.int64)
+    labels = _whole(labels, where)
     uniques, inverse = np.unique(labels, return_inverse=True)
     index = {name: i for i, name in enumerate(class_names)}
     inverse = inverse.reshape(-1)
@@ -61,7 +99,7 @@ def map_labels(labels: np.ndarray, class_names: list[str], where: str) -> np.nda
     known = np.ones(len(uniques), dtype=bool)
     unknown = []
     for i, value in enumerate(uniques):
-        key = value.decode() if isinstance(value, bytes) else str(value)
+        key = _key(value)
         if key in index:
             lookup[i] = index[key]
         else:
@@ -85,6 +123,8 @@ class SnapshotWriter:
     class_names: list[str]
     val_fraction: float
     test_fraction: float
+    # "data": the class set was read from the labels; "explicit": --classes or LEPTON_CLASSES.
+    class_source: str = "explicit"
     image_shape: tuple[int, ...] | None = None
     shards: dict[str, list[str]] = field(default_factory=lambda: {s: [] for s in SPLITS})
     split_counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(SPLITS, 0))
@@ -155,6 +195,7 @@ class SnapshotWriter:
             "image_shape": list(self.image_shape or ()),
             "dtype": "uint8",
             "class_names": self.class_names,
+            "class_source": self.class_source,
             "label_counts": dict(zip(self.class_names, map(int, self._label_counts), strict=True)),
             "split_counts": self.split_counts,
             "split_fractions": {"val": self.val_fraction, "test": self.test_fraction},

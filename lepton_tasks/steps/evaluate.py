@@ -6,6 +6,7 @@ the absolute floor, and beat the champion by at least the configured margin.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -171,6 +172,23 @@ def gate_evidence(
     )
 
 
+def _gain_clears(
+    value: float, champion_value: float, min_improvement: float, evidence: GateEvidence | None
+) -> tuple[bool, str]:
+    """Whether the gain over the champion clears `min_improvement`, and the figures why."""
+    if evidence is None:
+        gain = value - champion_value
+        return gain > min_improvement, f"({gain:+.4f}, needed more than +{min_improvement:.4f})"
+    low, high = evidence.gain_interval
+    why = (
+        f"(gain {evidence.gain:+.4f}, {evidence.confidence:.0%} lower bound {low:+.4f}, "
+        f"interval [{low:+.4f}, {high:+.4f}], needed more than +{min_improvement:.4f})"
+    )
+    if evidence.regressed_classes:
+        why += f"; recall regressed on class(es) {', '.join(evidence.regressed_classes)}"
+    return low > min_improvement and not evidence.regressed_classes, why
+
+
 def decide(
     candidate: dict[str, float],
     champion: dict[str, float] | None,
@@ -179,13 +197,15 @@ def decide(
     floor: float,
     force_reason: str | None,
     evidence: GateEvidence | None = None,
+    incomparable: str | None = None,
 ) -> PromotionDecision:
     """The promotion gate on `metric`.
 
     Promote when forced (with a reason), else when the candidate reaches the floor and, if
     there is a champion, is better by more than `min_improvement` with confidence: the lower
     bound of the paired bootstrap interval (`evidence`) clears it, and no class regresses.
-    Without evidence the point gain must exceed it. Ties never promote.
+    Without evidence the point gain must exceed it. Ties never promote. A champion of other
+    classes (`incomparable` says how) cannot be compared: only forcing promotes then.
 
     Returns:
         Whether to promote, and the reason in words with the values and the interval.
@@ -206,26 +226,20 @@ def decide(
         return PromotionDecision(
             promote=False, reason=f"{metric} {value:.4f} is below the floor {floor:.4f}", **common
         )
+    if incomparable:
+        return PromotionDecision(
+            promote=False,
+            reason=f"{incomparable}: no comparison is possible; promote by forcing, with a reason",
+            **common,
+        )
     if champion_value is None:
         return PromotionDecision(
             promote=True,
             reason=f"first model: {metric} {value:.4f} passes the floor {floor:.4f}",
             **common,
         )
+    promote, why = _gain_clears(value, champion_value, min_improvement, evidence)
     versus = f"{metric} {value:.4f} vs champion {champion_value:.4f}"
-    if evidence is None:
-        gain = value - champion_value
-        promote = gain > min_improvement
-        why = f"({gain:+.4f}, needed more than +{min_improvement:.4f})"
-    else:
-        low, high = evidence.gain_interval
-        promote = low > min_improvement and not evidence.regressed_classes
-        why = (
-            f"(gain {evidence.gain:+.4f}, {evidence.confidence:.0%} lower bound {low:+.4f}, "
-            f"interval [{low:+.4f}, {high:+.4f}], needed more than +{min_improvement:.4f})"
-        )
-        if evidence.regressed_classes:
-            why += f"; recall regressed on class(es) {', '.join(evidence.regressed_classes)}"
     return PromotionDecision(promote=promote, reason=f"{versus} {why}", **common)
 
 
@@ -266,6 +280,7 @@ class EvaluateParams(BaseModel):
         candidate: dict[str, float],
         champion: dict[str, float] | None,
         evidence: GateEvidence | None = None,
+        incomparable: str | None = None,
     ) -> PromotionDecision:
         """The gate applied to the candidate's and the champion's metrics (see `decide`)."""
         return decide(
@@ -276,6 +291,7 @@ class EvaluateParams(BaseModel):
             self.floor,
             self.force_reason,
             evidence,
+            incomparable,
         )
 
 
@@ -316,8 +332,10 @@ def evaluate(
         "lepton.train_run_id": trained.mlflow_run_id,
     }
     with tracking.step_run("evaluate", parent_run_id, tags=tags) as run:
-        champion, evidence = _score_champion(params, x_test, y_test, candidate_pred, class_names)
-        decision = params.decide(candidate, champion.metrics if champion else None, evidence)
+        champion, evidence, other = _score_champion(
+            params, x_test, y_test, candidate_pred, manifest
+        )
+        decision = params.decide(candidate, champion.metrics if champion else None, evidence, other)
         _log_evaluation(params, len(y_test), candidate, champion, decision, png)
     log.info("decision: %s", decision.reason)
     return EvaluateResult(
@@ -385,13 +403,22 @@ def _score_champion(
     x_test: np.ndarray,
     y_test: np.ndarray,
     candidate_pred: np.ndarray,
-    class_names: list[str],
-) -> tuple[ChampionScore | None, GateEvidence | None]:
-    """The champion's metrics on the same test split, and the paired evidence against it."""
+    manifest: dict[str, Any],
+) -> tuple[ChampionScore | None, GateEvidence | None, str | None]:
+    """The champion's metrics on the same test split, and the paired evidence against it.
+
+    For a champion of other classes, why there is no comparison instead.
+    """
+    class_names = manifest["class_names"]
     version = champion_version(params.model_name)
     if version is None:
         log.info("no champion for %s yet", params.model_name)
-        return None, None
+        return None, None, None
+    theirs = champion_classes(version)
+    if theirs is not None and theirs != class_names:
+        other = f"the class set changed from the champion v{version.version}'s {theirs} to {class_names}"
+        log.warning("%s", other)
+        return None, None, other
     with tracking.tracking_errors("loading the champion model"):
         # by number: the alias could move between the lookup and the load
         model = load_registered_keras(f"models:/{params.model_name}/{version.version}")
@@ -412,4 +439,15 @@ def _score_champion(
         version=str(version.version),
         metrics={k: round(v, 6) for k, v in metrics.items() if k in METRICS},
     )
-    return score, evidence
+    return score, evidence, None
+
+
+def champion_classes(version: Any) -> list[str] | None:
+    """A registered version's class set: its tag, else the manifest of its snapshot."""
+    tags = version.tags or {}
+    if "lepton.class_names" in tags:
+        return list(json.loads(tags["lepton.class_names"]))
+    uri = tags.get("lepton.snapshot_uri")
+    if uri and storage.exists(storage.join(uri, "manifest.json")):
+        return list(read_manifest(uri)["class_names"])
+    return None

@@ -14,7 +14,7 @@ from typing import Any
 
 from lepton_tasks import storage
 from lepton_tasks.data import readers
-from lepton_tasks.data.snapshot import MANIFEST, SnapshotWriter
+from lepton_tasks.data.snapshot import MANIFEST, SnapshotWriter, class_names_from_labels
 from lepton_tasks.errors import InputDataError, NothingToIngestError, UsageError
 from lepton_tasks.quarantine import quarantine_bad_data
 from lepton_tasks.redact import redact
@@ -41,7 +41,8 @@ def ingest(
         run_dir: the run folder; the result goes to its `ingest/`, the snapshot to
             `<snapshot root>/<snapshot id>-<provenance>` (content-addressed, never rewritten).
         fmt: auto (from the URI), sklearn, idx, npz or parquet.
-        class_names: the label set [default: LEPTON_CLASSES].
+        class_names: the class set [default: LEPTON_CLASSES, else read from the labels:
+            numbers in numeric order, names in alphabetical order].
         chunk_size: examples read at a time, which bounds memory.
         when_empty: "skip" makes a missing or empty landing zone a skipped night.
         as_of: read only the landing-zone batches landed by then (the landing protocol), so
@@ -56,12 +57,11 @@ def ingest(
     """
     _check_landed(source, when_empty, as_of)
     settings = get_settings()
-    class_names = list(class_names or settings.classes)
+    explicit = list(class_names or settings.classes or [])
     _sweep_staging(settings.snapshot_root)
     staging = storage.join(settings.snapshot_root, f".staging-{uuid.uuid4().hex}")
-    writer = SnapshotWriter(staging, class_names, settings.val_fraction, settings.test_fraction)
     try:
-        manifest, batch_infos = _write_batches(writer, source, fmt, chunk_size, as_of)
+        manifest, batch_infos = _stage(staging, source, fmt, explicit, chunk_size, as_of)
         snapshot_uri = _publish(staging, storage.join(settings.snapshot_root, _address(manifest)))
     except InputDataError as exc:
         _quarantine(exc, source)
@@ -78,7 +78,7 @@ def ingest(
         count=manifest["count"],
         split_counts=manifest["split_counts"],
         image_shape=manifest["image_shape"],
-        class_names=class_names,
+        class_names=manifest["class_names"],
         source=source,
         format=manifest["format"],
         batches=batch_infos,
@@ -160,17 +160,59 @@ def _check_landed(source: str, when_empty: str, as_of: datetime | None) -> None:
         raise NothingToIngestError(f"no batch had landed {by}: nothing to train on", where=source)
 
 
+def _stage(
+    staging: str,
+    source: str,
+    fmt: str,
+    explicit: list[str],
+    chunk_size: int,
+    as_of: datetime | None,
+) -> tuple[dict[str, Any], list[BatchInfo]]:
+    """Write the snapshot of the source's batches into the staging folder."""
+    settings = get_settings()
+    batches = _open_batches(source, fmt, as_of)
+    writer = SnapshotWriter(
+        staging,
+        explicit or _classes_of(batches, source),
+        settings.val_fraction,
+        settings.test_fraction,
+        class_source="explicit" if explicit else "data",
+    )
+    return _write_batches(writer, source, batches, chunk_size)
+
+
+def _open_batches(source: str, fmt: str, as_of: datetime | None) -> list[readers.Batch]:
+    try:
+        return readers.open_source(source, fmt, as_of)
+    except readers.READ_ERRORS as exc:  # a malformed file named directly
+        raise InputDataError(f"unreadable: {type(exc).__name__}: {exc}", where=source) from exc
+
+
+def _classes_of(batches: list[readers.Batch], source: str) -> list[str]:
+    """The class set the labels of every batch hold (no class flag, no LEPTON_CLASSES)."""
+    labels = []
+    for batch in batches:
+        try:
+            labels.append(batch.labels())
+        except InputDataError as exc:
+            exc.batch_uri = exc.batch_uri or batch.origin
+            raise
+        except readers.READ_ERRORS as exc:
+            error = InputDataError(f"unreadable labels: {exc}", where=batch.uri)
+            error.batch_uri = batch.origin
+            raise error from exc
+    names = class_names_from_labels(labels, source)
+    log.info("class set from the labels: %s", names)
+    return names
+
+
 def _write_batches(
-    writer: SnapshotWriter, source: str, fmt: str, chunk_size: int, as_of: datetime | None
+    writer: SnapshotWriter, source: str, batches: list[readers.Batch], chunk_size: int
 ) -> tuple[dict[str, Any], list[BatchInfo]]:
     """Stream every batch of the source into the snapshot; returns its manifest and batches.
 
     Any failure of one batch (unreadable, too large, malformed) is an InputDataError naming it.
     """
-    try:
-        batches = readers.open_source(source, fmt, as_of)
-    except readers.READ_ERRORS as exc:  # a malformed file named directly
-        raise InputDataError(f"unreadable: {type(exc).__name__}: {exc}", where=source) from exc
     for batch_index, batch in enumerate(batches):
         log.info("reading %s (%s, %d examples)", redact(batch.uri), batch.format, batch.count)
         try:

@@ -12,6 +12,7 @@ from typing import Any
 
 from lepton_tasks import tracking
 from lepton_tasks.data.snapshot import read_manifest
+from lepton_tasks.model_catalog import model_source
 from lepton_tasks.registry import (
     MANAGED_TAG,
     champion_version,
@@ -107,7 +108,9 @@ def _promote_if_decided(
     if not evaluated.decision.promote:
         log.info("champion stays %s: %s", current_number, evaluated.decision.reason)
         return False, current_number
-    demoted_by = _rolled_back_from(client, model_name, number)
+    demoted_by = (
+        None if evaluated.decision.forced else _rolled_back_from(client, model_name, number)
+    )
     if demoted_by is not None:
         log.warning(
             "not promoting v%s again: %s rolled the champion back from it (%s); roll back to "
@@ -225,12 +228,15 @@ def _lineage_tags(
         "lepton.snapshot_sha256": manifest["sha256"],
         "lepton.snapshot_uri": evaluated.snapshot_uri,
         "lepton.snapshot_count": str(manifest["count"]),
+        # the model's outputs, in order: what its predictions mean
+        "lepton.class_names": json.dumps(manifest["class_names"], ensure_ascii=False),
         "lepton.validation": json.dumps(checked),
         "lepton.train_run_id": evaluated.train_run_id,
         "lepton.evaluate_run_id": evaluated.mlflow_run_id,
         "lepton.pipeline_run_id": parent_run_id or "",
         "lepton.run_dir": run_dir,
         "lepton.architecture": evaluated.architecture,
+        "lepton.model_source": model_source(evaluated.architecture),
         "lepton.code_version": tracking.code_version(),
         "lepton.decision": shorten(evaluated.decision.reason),
         **{f"lepton.metric.{k}": str(v) for k, v in evaluated.metrics.items()},

@@ -42,6 +42,30 @@ class TrainParams(BaseModel):
     mixed_precision: str = "auto"  # auto: on when a GPU is visible
     jit_compile: str = "auto"  # auto: Keras' own choice (XLA on GPU)
     deterministic: bool = False
+    augment: str = "none"  # none, shift-rotate, or shift-rotate-flip (see AUGMENTATIONS)
+
+
+# Random shifts (10 % of a side), rotations (±18°) and, where mirrored images are still the
+# same class (not digits), horizontal flips: Keras preprocessing layers, active in training only.
+AUGMENTATIONS = ("none", "shift-rotate", "shift-rotate-flip")
+
+
+def augmented(model: Any, input_shape: tuple[int, ...], augment: str, seed: int) -> Any:
+    """`model` with seeded augmentation layers in front (saved with it, idle at inference)."""
+    import keras
+    from keras import layers
+
+    if augment not in AUGMENTATIONS:
+        raise UsageError(f"--augment takes one of {', '.join(AUGMENTATIONS)}, not '{augment}'")
+    if augment == "none":
+        return model
+    steps = [
+        layers.RandomTranslation(0.1, 0.1, fill_mode="constant", seed=seed),
+        layers.RandomRotation(0.05, fill_mode="constant", seed=seed + 1),
+    ]
+    if augment.endswith("flip"):
+        steps.append(layers.RandomFlip("horizontal", seed=seed + 2))
+    return keras.Sequential([keras.Input(shape=input_shape), *steps, model], name=model.name)
 
 
 def _with_channels(images: np.ndarray) -> np.ndarray:
@@ -194,6 +218,7 @@ def build_and_compile(
     strategy, device, mixed = configure_devices(params)
     with strategy.scope():
         model = get_architecture(params.architecture).build(input_shape, num_classes)
+        model = augmented(model, input_shape, params.augment, params.seed)
         decay = keras.optimizers.schedules.CosineDecay(
             schedule.learning_rate,
             decay_steps=schedule.steps_per_epoch * schedule.epochs,
@@ -307,7 +332,7 @@ def train(
             run_dir=run_dir,
             snapshot_uri=snapshot_uri,
             model_uri=folder.model_file_uri,
-            mlflow_model_uri=_log_model(model, val_split[0][:5]),
+            mlflow_model_uri=_log_model(model, val_split[0][:5], manifest["class_names"]),
             mlflow_run_id=run.info.run_id,
             mlflow_experiment_id=run.info.experiment_id,
             architecture=params.architecture,
@@ -514,9 +539,15 @@ def learning_curves(history: dict[str, list[float]]) -> Any:
     return figure
 
 
-def _log_model(model: Any, example: np.ndarray) -> str:
+def _log_model(model: Any, example: np.ndarray, class_names: list[str]) -> str:
+    """The model in MLflow with its signature and an input example.
+
+    Its class names (the meaning of each output, in order) go in the model's metadata.
+    """
     from mlflow.models import infer_signature
 
     example = _with_channels(example).astype(np.float32)
     signature = infer_signature(example, np.asarray(model.predict(example, verbose=0)))
-    return tracking.log_keras_model(model, signature, example)
+    return tracking.log_keras_model(
+        model, signature, example, metadata={"class_names": list(class_names)}
+    )

@@ -21,7 +21,7 @@ import pandas as pd
 
 from lepton_tasks import storage
 from lepton_tasks.data.snapshot import SPLITS, iter_shards, read_manifest
-from lepton_tasks.errors import DataValidationError
+from lepton_tasks.errors import ClassSetError, DataValidationError
 from lepton_tasks.quarantine import quarantine_bad_data
 from lepton_tasks.results import ValidateResult, records_result
 from lepton_tasks.run_folder import RunFolder
@@ -309,9 +309,9 @@ def validate(
     manifest = read_manifest(snapshot_uri)
     if reference_uri == "champion":
         reference_uri = champion_snapshot(model_name or settings.model_name)
-    reference = read_manifest(reference_uri) if reference_uri else None
     folder = RunFolder(run_dir)
     table = example_table(snapshot_uri)
+    reference = _comparable_reference(reference_uri, manifest, table)
     checks, docs_uri = _check(table, manifest, settings, reference, folder if data_docs else None)
     failed = [c for c in checks if not c["success"]]
     quarantined: list[str] = []
@@ -381,6 +381,43 @@ def _validation_error(
         f"on snapshot {manifest['snapshot_id']}: {lines}{note}",
         failures=failed,
         where=folder.validation_summary_uri,
+    )
+
+
+def _comparable_reference(
+    reference_uri: str | None, manifest: dict[str, Any], table: pd.DataFrame
+) -> dict[str, Any] | None:
+    """The reference manifest, if its class set is the snapshot's.
+
+    A class set read from the data must be the champion's: the model's outputs are its
+    classes, in order. A new class fails the run (its batches are quarantined), as does a
+    missing one; a class set given on purpose (--classes, LEPTON_CLASSES) is a new start, with
+    no drift checks against a champion of other classes.
+    """
+    reference = read_manifest(reference_uri) if reference_uri else None
+    if reference is None or reference["class_names"] == manifest["class_names"]:
+        return reference
+    ours, theirs = manifest["class_names"], reference["class_names"]
+    if manifest.get("class_source") == "explicit":
+        log.warning("class set %s given on purpose (champion's: %s): no drift checks", ours, theirs)
+        return None
+    new = [c for c in ours if c not in theirs]
+    missing = [c for c in theirs if c not in ours]
+    failed = [
+        {"check": "labels within the champion's classes", "batch": str(name), "success": False,
+         "observed": sorted(set(rows["label"]) & set(new)), "expected": theirs}
+        for name, rows in table.groupby("batch", sort=False)
+        if set(rows["label"]) & set(new)
+    ]  # fmt: skip
+    quarantined = _quarantine_failing(manifest, failed) if failed else []
+    what = f"new class(es) {new}" if new else f"the champion's class(es) {missing} are missing"
+    raise ClassSetError(
+        f"{what}: the champion of this model knows {theirs}, the data holds {ours}. A new class "
+        "needs a new model (another model_name) or the new class set given on purpose "
+        "(--classes / LEPTON_CLASSES)"
+        + (f"; quarantined {', '.join(quarantined)}" if quarantined else ""),
+        failures=failed,
+        where=manifest["source"],
     )
 
 

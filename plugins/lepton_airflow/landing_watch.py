@@ -1,14 +1,15 @@
 """A batch landing starts a run: an event trigger on the landing zone, for an `AssetWatcher`.
 
 The triggerer runs it. Every `poll_s` seconds it lists the zone by the landing protocol (only
-finished dataset entries count) and, when an entry appears or changes, yields one event: the
-scheduler records an event of the `lepton_landing_zone` asset and queues `lepton_training`.
+finished dataset entries count, every file inside them fingerprinted) and, when an entry
+appears or changes, yields one event: the scheduler records an event of the
+`lepton_landing_zone` asset and queues `lepton_training`.
 
-What was announced is kept in `<artifact root>/_watch/`, so a restarted triggerer announces
-only what landed meanwhile. Delivery is at least once: a restart between the event and that
-record announces the batch again, and the run finds it unchanged at the cost of a few seconds.
-Listing is a wake-up signal, keyed on names, sizes and times; what a run trains on is keyed on
-content (the snapshot id).
+Delivery is at least once. What was announced is kept in memory only, so a (re)started trigger
+announces the zone as it finds it: one run, which check-inputs finds unchanged in seconds if
+nothing is new. Keeping it on disk would lose a batch whenever the triggerer died between
+recording it and the event reaching the database. Listing is a wake-up signal, keyed on names,
+sizes and times; what a run trains on is keyed on content (the snapshot id).
 """
 
 from __future__ import annotations
@@ -24,27 +25,30 @@ from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 log = logging.getLogger(__name__)
 
 
+def _fingerprint(entry: str) -> str:
+    """Every file of the entry (a file, or a batch folder at any depth): path, size, time."""
+    from lepton_tasks import storage
+
+    fs, path = storage.filesystem(entry)
+    found = fs.find(path, detail=True) if fs.isdir(path) else {path: fs.info(path)}
+    marks = sorted(
+        (name, info.get("size"), str(info.get("mtime") or info.get("LastModified") or ""))
+        for name, info in found.items()
+    )
+    return hashlib.sha256(repr(marks).encode()).hexdigest()
+
+
 def zone_listing(zone: str) -> dict[str, str]:
-    """The zone's batches by name, each with a fingerprint (size and modification time)."""
+    """The zone's batches by name, each with a fingerprint of its files."""
     from lepton_tasks import storage
     from lepton_tasks.data import readers
 
     if not storage.exists(zone):
         return {}
-    listing = {}
-    for entry in readers.dataset_entries(zone, quiet=True):
-        fs, path = storage.filesystem(entry)
-        info = fs.info(path)
-        listing[storage.basename(entry)] = f"{info.get('size')}:{storage.modified_time(entry)}"
-    return listing
-
-
-def state_uri(zone: str) -> str:
-    from lepton_tasks import storage
-    from lepton_tasks.settings import get_settings
-
-    name = hashlib.sha256(zone.encode()).hexdigest()[:12]
-    return storage.join(get_settings().runs_root, "_watch", f"landing-{name}.json")
+    return {
+        storage.basename(entry): _fingerprint(entry)
+        for entry in readers.dataset_entries(zone, quiet=True)
+    }
 
 
 class LandingZoneTrigger(BaseEventTrigger):
@@ -62,35 +66,18 @@ class LandingZoneTrigger(BaseEventTrigger):
         }
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
-        announced = await asyncio.to_thread(self._announced)
+        from lepton_tasks.redact import redact
+
+        announced: dict[str, str] = {}
         while True:
             try:
                 listing = await asyncio.to_thread(zone_listing, self.zone)
             except Exception as exc:  # a zone that is briefly unreachable: look again later
-                log.warning("cannot list the landing zone %s: %s", self.zone, exc)
+                log.warning("cannot list the landing zone %s: %s", redact(self.zone), exc)
                 listing = announced
             arrived = sorted(name for name, mark in listing.items() if announced.get(name) != mark)
+            announced = listing
             if arrived:
-                log.info("landed in %s: %s", self.zone, ", ".join(arrived))
-                yield TriggerEvent({"zone": self.zone, "batches": arrived})
-                announced = listing
-                await asyncio.to_thread(self._remember, listing)
-            elif listing != announced:  # only removals (quarantine): nothing to announce
-                announced = listing
-                await asyncio.to_thread(self._remember, listing)
+                log.info("landed in %s: %s", redact(self.zone), ", ".join(arrived))
+                yield TriggerEvent({"zone": redact(self.zone), "batches": arrived})
             await asyncio.sleep(self.poll_s)
-
-    def _announced(self) -> dict[str, str]:
-        from lepton_tasks import storage
-
-        uri = state_uri(self.zone)
-        try:
-            return dict(storage.read_json(uri)) if storage.exists(uri) else {}
-        except (ValueError, TypeError, OSError) as exc:  # unreadable: announce what is there
-            log.warning("ignoring the unreadable watch record %s: %s", uri, exc)
-            return {}
-
-    def _remember(self, listing: dict[str, str]) -> None:
-        from lepton_tasks import storage
-
-        storage.write_json(state_uri(self.zone), listing)

@@ -141,6 +141,7 @@ def test_params_form_schema(fresh_runtime_settings) -> None:
         "model_name",
         "epochs",
         "batch_size",
+        "augment",
         "learning_rate",
         "min_improvement",
         "force_retrain",

@@ -1,5 +1,6 @@
 """The landing-zone trigger the triggerer runs for the `lepton_landing_zone` asset (issue 13):
-a finished batch is announced once; one in progress, or not a dataset, is not."""
+a finished batch is announced; one in progress, or not a dataset, is not; a restarted trigger
+announces what it finds (at least once: never a batch lost)."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def events_within(trigger: LandingZoneTrigger, seconds: float = 0.5) -> list[dic
     return asyncio.run(run())
 
 
-def test_a_finished_batch_is_announced_once(lepton_env: Path) -> None:
+def test_a_finished_batch_is_announced(lepton_env: Path) -> None:
     zone = lepton_env / "landing"
     zone.mkdir(parents=True)
     x, y = digits()
@@ -40,38 +41,57 @@ def test_a_finished_batch_is_announced_once(lepton_env: Path) -> None:
     trigger = LandingZoneTrigger(zone=str(zone), poll_s=0.05)
     assert events_within(trigger) == []
 
-    os.rename(zone / ".batch-2026-01-01.npz", zone / "batch-2026-01-01.npz")  # finished
-    assert events_within(trigger) == [{"zone": str(zone), "batches": ["batch-2026-01-01.npz"]}]
-    # A restarted triggerer (a new trigger) knows what was announced.
-    assert events_within(LandingZoneTrigger(str(zone), 0.05)) == []
+    async def land_while_watching() -> list[dict]:
+        seen: list[dict] = []
 
-    write_npz(zone / "batch-2026-01-02.npz", x[50:99], y[50:99])
-    (event,) = events_within(trigger)
-    assert event["batches"] == ["batch-2026-01-02.npz"]
+        async def consume() -> None:
+            async for event in trigger.run():
+                seen.append(event.payload)
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        os.rename(zone / ".batch-2026-01-01.npz", zone / "batch-2026-01-01.npz")  # finished
+        await asyncio.sleep(0.3)
+        write_npz(zone / "batch-2026-01-02.npz", x[50:99], y[50:99])
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return seen
+
+    assert asyncio.run(land_while_watching()) == [
+        {"zone": str(zone), "batches": ["batch-2026-01-01.npz"]},
+        {"zone": str(zone), "batches": ["batch-2026-01-02.npz"]},
+    ]
+    # A restarted trigger announces what it finds: a run that finds nothing new is cheap,
+    # a batch never announced is lost until the nightly run.
+    (again,) = events_within(LandingZoneTrigger(str(zone), 0.05))
+    assert again["batches"] == ["batch-2026-01-01.npz", "batch-2026-01-02.npz"]
 
 
-def test_a_batch_replaced_in_place_is_announced_again(lepton_env: Path) -> None:
+def test_a_file_landing_deep_in_a_batch_folder_is_announced(lepton_env: Path) -> None:
     zone = lepton_env / "landing"
     x, y = digits()
-    batch = write_npz(zone / "batch.npz", x[:50], y[:50])
-    trigger = LandingZoneTrigger(zone=str(zone), poll_s=0.05)
-    assert len(events_within(trigger)) == 1
-    write_npz(batch, x[:80], y[:80])
-    (event,) = events_within(trigger)
-    assert event["batches"] == ["batch.npz"]
+    write_npz(zone / "2026-01-01" / "part" / "a.npz", x[:50], y[:50])
+
+    async def watch() -> list[dict]:
+        seen: list[dict] = []
+
+        async def consume() -> None:
+            async for event in LandingZoneTrigger(str(zone), 0.05).run():
+                seen.append(event.payload)
+
+        task = asyncio.create_task(consume())
+        await asyncio.sleep(0.3)
+        write_npz(zone / "2026-01-01" / "part" / "b.npz", x[50:90], y[50:90])
+        await asyncio.sleep(0.3)
+        task.cancel()
+        return seen
+
+    assert [e["batches"] for e in asyncio.run(watch())] == [["2026-01-01"], ["2026-01-01"]]
 
 
-def test_a_missing_zone_or_an_unreadable_record_is_not_an_error(lepton_env: Path) -> None:
+def test_a_missing_zone_is_not_an_error(lepton_env: Path) -> None:
     zone = lepton_env / "landing"
-    trigger = LandingZoneTrigger(zone=str(zone), poll_s=0.05)
-    assert events_within(trigger) == []  # no zone yet
-    x, y = digits()
-    write_npz(zone / "batch.npz", x[:50], y[:50])
-    assert len(events_within(trigger)) == 1
-    from lepton_airflow.landing_watch import state_uri
-
-    Path(state_uri(str(zone))).write_text("{not json")
-    assert len(events_within(trigger)) == 1  # announced again: at least once, never lost
+    assert events_within(LandingZoneTrigger(zone=str(zone), poll_s=0.05)) == []
 
 
 def test_the_trigger_serializes_to_an_importable_classpath() -> None:

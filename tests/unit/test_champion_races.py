@@ -110,6 +110,26 @@ def test_the_next_night_does_not_promote_a_version_a_person_rolled_back_from(
     assert champion(registry) == "3"
 
 
+def test_a_forced_promotion_may_bring_back_a_version_rolled_back_from(
+    registry: MlflowClient, tmp_path: Path
+) -> None:
+    evaluated = candidate(tmp_path)
+    register(evaluated, str(tmp_path / "run"))
+    rollback("m", "1", "v3 misbehaves", "ops", str(tmp_path))
+    forced = evaluated.model_copy(
+        update={
+            "decision": PromotionDecision(
+                promote=True,
+                forced=True,
+                reason="forced: fixed upstream",
+                metric="accuracy",
+                candidate_value=0.99,
+            )
+        }
+    )
+    assert register(forced, str(tmp_path / "next")).promoted and champion(registry) == "3"
+
+
 def test_rollback_refuses_when_the_champion_moved_since_the_page_was_shown(
     registry: MlflowClient, tmp_path: Path
 ) -> None:

@@ -49,7 +49,9 @@ def npz_declaring(path: Path, shape: tuple[int, ...], payload: bytes) -> Path:
 # A user's own folder ---------------------------------------------------------------------------
 
 
-def test_a_named_folder_is_read_never_rearranged(tmp_path: Path, lepton_env: Path) -> None:
+def test_a_named_folder_is_read_never_rearranged(
+    tmp_path: Path, lepton_env: Path, digit_classes: list[str]
+) -> None:
     """Before: `notes/` (no dataset) was moved into `my_datasets/_quarantine/`, run failed."""
     images, labels = digits()
     mine = tmp_path / "my_datasets"

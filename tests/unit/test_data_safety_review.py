@@ -31,7 +31,7 @@ def bad_labels_npz(path: Path) -> Path:
 
 
 def test_quarantine_moves_links_as_links_and_never_reads_through_them(
-    tmp_path: Path, lepton_env: Path
+    tmp_path: Path, lepton_env: Path, digit_classes: list[str]
 ) -> None:
     secret = tmp_path / "private" / "token"
     secret.parent.mkdir()
@@ -48,7 +48,9 @@ def test_quarantine_moves_links_as_links_and_never_reads_through_them(
     assert secret.read_text() == "s3cret"
 
 
-def test_a_quarantine_folder_planted_as_a_link_is_refused(tmp_path: Path, lepton_env: Path) -> None:
+def test_a_quarantine_folder_planted_as_a_link_is_refused(
+    tmp_path: Path, lepton_env: Path, digit_classes: list[str]
+) -> None:
     landing = lepton_env / "landing"
     bad_labels_npz(landing / "day-1.npz")
     elsewhere = tmp_path / "dags"
@@ -60,7 +62,9 @@ def test_a_quarantine_folder_planted_as_a_link_is_refused(tmp_path: Path, lepton
     assert list(elsewhere.iterdir()) == [] and (landing / "day-1.npz").is_file()
 
 
-def test_a_fifo_in_a_named_folder_does_not_hang_the_copy(tmp_path: Path, lepton_env: Path) -> None:
+def test_a_fifo_in_a_named_folder_does_not_hang_the_copy(
+    tmp_path: Path, lepton_env: Path, digit_classes: list[str]
+) -> None:
     mine = tmp_path / "mine"
     bad_labels_npz(mine / "data.npz")
     os.mkfifo(mine / "pipe")

@@ -61,7 +61,10 @@ def test_examples_keep_their_split_when_data_grows(tmp_path: Path, lepton_env: P
     assert before and all(after[h] == split for h, split in before.items())
 
 
-def test_landing_zone_bad_batch_is_moved_to_quarantine(tmp_path: Path, lepton_env: Path) -> None:
+def test_landing_zone_bad_batch_is_moved_to_quarantine(
+    tmp_path: Path, lepton_env: Path, digit_classes: list[str]
+) -> None:
+    """With a class set given (LEPTON_CLASSES), a label outside it is a bad batch."""
     images, labels = digits()
     landing = lepton_env / "landing"  # the configured landing zone
     write_npz(landing / "batch-001.npz", images[:500], labels[:500])
@@ -81,7 +84,7 @@ def test_landing_zone_bad_batch_is_moved_to_quarantine(tmp_path: Path, lepton_en
 
 
 def test_direct_bad_source_is_copied_to_quarantine_and_left_in_place(
-    tmp_path: Path, lepton_env: Path
+    tmp_path: Path, lepton_env: Path, digit_classes: list[str]
 ) -> None:
     images, labels = digits()
     source = write_npz(tmp_path / "mine.npz", images[:0], labels[:0])

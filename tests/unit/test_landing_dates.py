@@ -27,6 +27,18 @@ def test_a_batch_landed_at_the_date_its_path_names(tmp_path: Path) -> None:
     assert readers.landed_at(f"{zone}/2026-01-03_04:15.parquet", zone) == at("2026-01-03T04:15")
 
 
+def test_only_the_path_within_the_zone_is_dated(tmp_path: Path) -> None:
+    """A zone whose own name holds a date (or given as file://) dates nothing by that name."""
+    zone = tmp_path / "landing-2027-01-01"
+    x, y = digits()
+    batch = write_npz(zone / "scans.npz", x[:10], y[:10])
+    stamp = datetime(2026, 2, 3, tzinfo=UTC).timestamp()
+    os.utime(batch, (stamp, stamp))
+    for root in (str(zone), f"file://{zone}"):
+        assert readers.landed_at(str(batch), root) == at("2026-02-03T00:00")
+        assert readers.dataset_entries(root, as_of=at("2026-02-04T00:00")) == [str(batch)]
+
+
 def test_without_a_date_a_batch_landed_at_its_modification_time(tmp_path: Path) -> None:
     x, y = digits()
     plain = write_npz(tmp_path / "scans.npz", x[:10], y[:10])

@@ -90,8 +90,8 @@ def test_landing_zone_folder_reads_batches_in_order_and_skips_quarantine(tmp_pat
 
 
 def test_unknown_format_and_source(tmp_path: Path) -> None:
-    with pytest.raises(UnknownSourceError, match="unknown format 'csv'"):
-        readers.open_source("sklearn:digits", "csv")
+    with pytest.raises(UnknownSourceError, match="unknown format 'hdf5'"):
+        readers.open_source("sklearn:digits", "hdf5")
     with pytest.raises(UnknownSourceError, match="unknown bundled dataset 'iris'"):
         readers.open_source("sklearn:iris")
     (tmp_path / "data.bin").write_bytes(b"123")

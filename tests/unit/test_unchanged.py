@@ -10,7 +10,12 @@ import pytest
 from mlflow import MlflowClient
 
 from lepton_tasks import tracking
-from lepton_tasks.results import RegisterResult
+from lepton_tasks.results import (
+    ChampionScore,
+    EvaluateResult,
+    PromotionDecision,
+    RegisterResult,
+)
 from lepton_tasks.run_folder import RunFolder
 from lepton_tasks.unchanged import check_inputs, remember
 
@@ -37,24 +42,61 @@ def champion_at(client: MlflowClient, version: str) -> None:
     client.set_registered_model_alias("lepton-digits", "champion", version)
 
 
-def finished_run(tmp_path: Path, name: str, params: dict, left_champion: str) -> RunFolder:
-    """A run that checked its inputs, registered v`left_champion` and left it champion."""
+def save(folder: RunFolder, step: str, result) -> None:
+    path = Path(folder.result_uri(step))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(result.model_dump_json())
+
+
+def finished_run(
+    tmp_path: Path,
+    name: str,
+    params: dict,
+    registered: str,
+    compared: str | None,
+    promoted: bool,
+    champion_after: str,
+) -> str | None:
+    """A run that checked its inputs, compared v`registered` with v`compared` and ended with
+    v`champion_after` as champion; what pipeline-end remembered."""
     folder = RunFolder(str(tmp_path / name))
     check_inputs("snap1", folder.uri, params)
-    folder_result = folder.result_uri("register")
-    Path(folder_result).parent.mkdir(parents=True, exist_ok=True)
-    Path(folder_result).write_text(
+    decision = PromotionDecision(
+        promote=promoted, reason="test", metric="accuracy", candidate_value=0.9
+    )
+    save(
+        folder,
+        "evaluate",
+        EvaluateResult(
+            run_dir=folder.uri,
+            snapshot_uri="unused",
+            model_uri="unused",
+            mlflow_model_uri="unused",
+            mlflow_run_id="r",
+            mlflow_experiment_id="0",
+            train_run_id="t",
+            architecture="lepton_cnn",
+            model_name="lepton-digits",
+            metrics={"accuracy": 0.9},
+            champion=ChampionScore(version=compared, metrics={}) if compared else None,
+            decision=decision,
+            confusion_matrix_uri="unused",
+        ),
+    )
+    save(
+        folder,
+        "register",
         RegisterResult(
             run_dir=folder.uri,
             model_name="lepton-digits",
-            version=left_champion,
-            aliases=["champion"],
-            promoted=True,
-            champion_version=left_champion,
-        ).model_dump_json()
+            version=registered,
+            aliases=["champion"] if promoted else ["challenger"],
+            promoted=promoted,
+            champion_version=champion_after,
+            previous_champion_version=compared if promoted else None,
+        ),
     )
-    assert remember(folder, f"dag-run-{name}") == left_champion
-    return folder
+    return remember(folder, f"dag-run-{name}")
 
 
 @pytest.fixture
@@ -65,7 +107,7 @@ def client(lepton_env: Path) -> MlflowClient:
 
 def test_the_same_inputs_after_a_promotion_are_unchanged(client, tmp_path: Path) -> None:
     champion_at(client, "1")
-    finished_run(tmp_path, "first", PARAMS, left_champion="2")
+    assert finished_run(tmp_path, "first", PARAMS, "2", "1", True, champion_after="2") == "2"
     champion_at(client, "2")  # what that run left
 
     again = check_inputs("snap1", str(tmp_path / "again"), PARAMS)
@@ -84,8 +126,8 @@ CHANGES = [
 
 def test_any_change_of_the_inputs_runs_the_steps(client, tmp_path: Path) -> None:
     champion_at(client, "1")
-    finished_run(tmp_path, "first", PARAMS, left_champion="1")
-    assert check_inputs("snap1", str(tmp_path / "same"), PARAMS).unchanged_since == "1"
+    finished_run(tmp_path, "first", PARAMS, "2", "1", False, champion_after="1")
+    assert check_inputs("snap1", str(tmp_path / "same"), PARAMS).unchanged_since == "2"
     for change, why in CHANGES:
         change = dict(change)
         snapshot = change.pop("snapshot_id", "snap1")
@@ -96,7 +138,7 @@ def test_any_change_of_the_inputs_runs_the_steps(client, tmp_path: Path) -> None
 def test_a_moved_champion_runs_the_steps(client, tmp_path: Path) -> None:
     """The champion is an input of the gate: after a rollback the candidate is compared anew."""
     champion_at(client, "2")
-    finished_run(tmp_path, "first", PARAMS, left_champion="2")
+    finished_run(tmp_path, "first", PARAMS, "3", "2", False, champion_after="2")
     client.set_registered_model_alias("lepton-digits", "champion", "1")
     assert check_inputs("snap1", str(tmp_path / "next"), PARAMS).unchanged_since is None
 
@@ -107,10 +149,44 @@ def test_another_code_version_runs_the_steps(
     champion_at(client, "1")
     monkeypatch.setenv("LEPTON_CODE_VERSION", "abc")
     tracking.code_version.cache_clear()
-    finished_run(tmp_path, "first", PARAMS, left_champion="1")
+    finished_run(tmp_path, "first", PARAMS, "2", "1", False, champion_after="1")
     monkeypatch.setenv("LEPTON_CODE_VERSION", "def")
     tracking.code_version.cache_clear()
     try:
         assert check_inputs("snap1", str(tmp_path / "next"), PARAMS).unchanged_since is None
     finally:
         tracking.code_version.cache_clear()
+
+
+def test_a_champion_moved_during_the_run_is_not_remembered(client, tmp_path: Path) -> None:
+    """The gate compared with v2, then someone rolled back to v1 before register: the
+    candidate was never compared with v1, so the next night must run the gate."""
+    champion_at(client, "2")
+    assert finished_run(tmp_path, "first", PARAMS, "3", "2", False, champion_after="1") is None
+    client.set_registered_model_alias("lepton-digits", "champion", "1")
+    assert check_inputs("snap1", str(tmp_path / "next"), PARAMS).unchanged_since is None
+
+
+def test_another_seed_runs_the_steps(
+    client, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    champion_at(client, "1")
+    finished_run(tmp_path, "first", PARAMS, "2", "1", False, champion_after="1")
+    monkeypatch.setenv("LEPTON_SEED", "7")
+    assert check_inputs("snap1", str(tmp_path / "next"), PARAMS).unchanged_since is None
+
+
+def test_a_backfill_of_the_live_model_is_refused(lepton_env: Path, tmp_path: Path) -> None:
+    """Past nights compared with today's champion could move it: a backfill needs its own."""
+    from lepton_tasks.errors import UsageError
+    from lepton_tasks.pipeline_run import start
+
+    with pytest.raises(UsageError, match="a backfill registers past nights' models"):
+        start("lepton_training", "backfill__2026-01-01", params={}, run_type="backfill")
+    with pytest.raises(UsageError, match="lepton-digits-backfill"):
+        start(
+            "lepton_training",
+            "backfill__2026-01-01",
+            params={"model_name": "lepton-digits"},
+            run_type="backfill",
+        )

@@ -24,8 +24,9 @@ from lepton_airflow.runtimes.outcome import ERROR_FILE, RESULT_FILE, parse_resul
 from lepton_airflow.ui.links import STEP_LINKS
 from lepton_tasks.redact import redact
 
-# The environment a process inherits besides the step's own: what any container has.
-BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER")
+# The environment a process inherits besides the step's own: what any container has, and the
+# worker's PYTHONPATH (a model package installed there is the step's too; an image has its own).
+BASE_ENVIRONMENT = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "TZ", "USER", "PYTHONPATH")
 
 
 def read_text(path: Path) -> str | None:

@@ -1,0 +1,269 @@
+"""The formats people already have: a folder of class folders of images (Keras'
+`image_dataset_from_directory` layout), CSV with a label column and pixel columns (Kaggle's
+MNIST), and TFRecord files of `tf.train.Example` (TFDS, TFX).
+
+Each gives a `Batch` read in chunks, with the same guarantees as the other readers: sizes are
+checked before anything large is decoded, and every mistake is an `InputDataError` naming the
+file. Images of one dataset must share one size: a different one is refused, naming the file
+and both sizes (Lepton does not resize behind your back).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from lepton_tasks import storage
+from lepton_tasks.data.readers import (
+    Batch,
+    Chunk,
+    check_declared_size,
+    to_uint8,
+)
+from lepton_tasks.errors import InputDataError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+CSV_SUFFIXES = (".csv", ".csv.gz")
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrec")
+# Feature names TFDS, TFX and most exporters use, in the order they are tried.
+TFRECORD_IMAGE_KEYS = ("image", "image/encoded", "image_raw", "image_bytes")
+TFRECORD_LABEL_KEYS = ("label", "image/class/label", "image/class/text", "class")
+
+
+def _visible(uri: str) -> list[str]:
+    return [e for e in storage.list_dir(uri) if not storage.basename(e).startswith((".", "_"))]
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_SUFFIXES)
+
+
+def is_image_folder(folder: str) -> bool:
+    """A folder whose sub-folders (the classes) hold image files, and nothing else counts."""
+    if not storage.is_dir(folder):
+        return False
+    classes = [e for e in _visible(folder) if storage.is_dir(e)]
+    return bool(classes) and all(
+        any(_is_image(storage.basename(f)) for f in _visible(c)) for c in classes
+    )
+
+
+def _link_out(path: str, root: str) -> bool:
+    local, base = path.removeprefix("file://"), root.removeprefix("file://")
+    real = os.path.realpath(local)
+    return os.path.islink(local) and not real.startswith(os.path.realpath(base) + os.sep)
+
+
+def _decode(data: bytes, where: str, mode: str | None = None) -> np.ndarray:
+    """One encoded image as uint8 (H, W) or (H, W, 3), its size checked before decoding."""
+    from PIL import Image, UnidentifiedImageError
+
+    from lepton_tasks.settings import get_settings
+
+    side = get_settings().max_image_side
+    try:
+        image = Image.open(io.BytesIO(data))
+        if max(image.size) > side:
+            raise InputDataError(
+                f"image of {image.size[0]}x{image.size[1]} pixels: more than "
+                f"LEPTON_MAX_IMAGE_SIDE={side} on a side",
+                where=where,
+            )
+        image = image.convert(mode or ("L" if image.mode in ("1", "L", "I", "I;16") else "RGB"))
+        return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputDataError(f"not a readable image: {exc}", where=where) from exc
+
+
+def _same_shape(image: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
+    if image.shape != shape:
+        raise InputDataError(
+            f"image of shape {image.shape} among images of shape {shape}: a dataset has one "
+            "image size (resize them before landing)",
+            where=where,
+        )
+    return image
+
+
+def _mode_of(image: np.ndarray) -> str:
+    return "L" if image.ndim == 2 else "RGB"
+
+
+# Image folders ---------------------------------------------------------------------------------
+
+
+def image_folder_batch(folder: str) -> Batch:
+    """`folder/<class>/<image>`: the class is the sub-folder's name."""
+    files: list[tuple[str, str]] = []
+    for class_folder in sorted(e for e in _visible(folder) if storage.is_dir(e)):
+        for entry in _visible(class_folder):
+            if _is_image(storage.basename(entry)) and not _link_out(entry, folder):
+                files.append((entry, storage.basename(class_folder)))
+    if not files:
+        raise InputDataError("no image files in the class folders", where=folder)
+    first = _decode(_read(files[0][0]), files[0][0])
+    shape, mode = first.shape, _mode_of(first)
+    check_declared_size((len(files), *shape), 1, folder)
+
+    def read(chunk_size: int) -> Iterator[Chunk]:
+        for start in range(0, len(files), chunk_size):
+            part = files[start : start + chunk_size]
+            images = [_same_shape(_decode(_read(uri), uri, mode), shape, uri) for uri, _ in part]
+            yield np.stack(images), np.asarray([label for _, label in part], dtype=object)
+
+    def read_labels() -> np.ndarray:
+        return np.asarray([label for _, label in files], dtype=object)
+
+    name = storage.basename(folder)
+    uris = [uri for uri, _ in files]
+    return Batch(name, folder, "images", len(files), shape, read, uris, read_labels=read_labels)
+
+
+def _read(uri: str) -> bytes:
+    with storage.open_uri(uri, "rb") as handle:
+        return handle.read()
+
+
+# CSV -------------------------------------------------------------------------------------------
+
+
+def _csv_layout(uri: str) -> tuple[str, list[str], tuple[int, ...]]:
+    """(label column, pixel columns, image shape) from the header."""
+    import pandas as pd
+
+    try:
+        header = pd.read_csv(uri, nrows=0)
+    except (ValueError, OSError, UnicodeDecodeError) as exc:
+        raise InputDataError(f"not a readable CSV file: {exc}", where=uri) from exc
+    columns = [str(c) for c in header.columns]
+    label = next((c for c in columns if c.strip().lower() in ("label", "class")), None)
+    if label is None:
+        raise InputDataError(
+            f"no 'label' column; a CSV dataset has a label column and pixel columns, found "
+            f"{columns[:5]}{'...' if len(columns) > 5 else ''}",
+            where=uri,
+        )
+    pixels = [c for c in columns if c != label]
+    side = math.isqrt(len(pixels))
+    if side * side == len(pixels) and side > 1:
+        return label, pixels, (side, side)
+    side = math.isqrt(len(pixels) // 3)
+    if len(pixels) % 3 == 0 and side * side * 3 == len(pixels) and side > 1:
+        return label, pixels, (side, side, 3)
+    raise InputDataError(
+        f"{len(pixels)} pixel columns are neither a square grey image nor a square RGB one",
+        where=uri,
+    )
+
+
+def csv_batch(uri: str) -> Batch:
+    """A CSV file: a `label` column, and one column per pixel (row-major, channels last)."""
+    import pandas as pd
+
+    if not storage.exists(uri):
+        raise InputDataError("file not found", where=uri)
+    label, pixels, shape = _csv_layout(uri)
+    with storage.open_uri(uri, "rb") as handle:
+        rows = max(
+            sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b"")) - 1, 0
+        )
+    check_declared_size((rows, *shape), 1, uri)
+
+    def read(chunk_size: int) -> Iterator[Chunk]:
+        try:
+            for frame in pd.read_csv(uri, chunksize=chunk_size):
+                values = frame[pixels].to_numpy()
+                if values.dtype.kind not in "iuf":
+                    raise InputDataError("pixel columns hold non-numbers", where=uri)
+                if np.isnan(values.astype(np.float64)).any():
+                    raise InputDataError("empty pixel cells", where=uri)
+                images = to_uint8(values.reshape(len(frame), *shape), uri)
+                yield images, frame[label].to_numpy()
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise InputDataError(f"malformed CSV: {exc}", where=uri) from exc
+
+    def read_labels() -> np.ndarray:
+        try:
+            return pd.read_csv(uri, usecols=[label])[label].to_numpy()
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise InputDataError(f"malformed CSV: {exc}", where=uri) from exc
+
+    name = storage.basename(uri).removesuffix(".gz").removesuffix(".csv")
+    return Batch(name, uri, "csv", rows, shape, read, [uri], read_labels=read_labels)
+
+
+# TFRecord --------------------------------------------------------------------------------------
+
+
+def _examples(uri: str) -> Iterator[Any]:
+    """The file's records as `tf.train.Example`s (TensorFlow reads the framing and CRCs)."""
+    import tensorflow as tf
+
+    try:
+        for record in tf.data.TFRecordDataset(uri.removeprefix("file://")):
+            yield tf.train.Example.FromString(record.numpy())
+    except (tf.errors.OpError, ValueError) as exc:
+        raise InputDataError(f"not a readable TFRecord file: {exc}", where=uri) from exc
+
+
+def _feature(example: Any, keys: tuple[str, ...], uri: str) -> tuple[str, Any]:
+    features = example.features.feature
+    for key in keys:
+        if key in features:
+            return key, features[key]
+    raise InputDataError(
+        f"an example has none of the features {list(keys)}; found {sorted(features)}", where=uri
+    )
+
+
+def _label(example: Any, uri: str) -> Any:
+    _, feature = _feature(example, TFRECORD_LABEL_KEYS, uri)
+    if feature.int64_list.value:
+        return int(feature.int64_list.value[0])
+    if feature.bytes_list.value:
+        return feature.bytes_list.value[0].decode()
+    raise InputDataError("a label feature is empty", where=uri)
+
+
+def _image(example: Any, uri: str, mode: str | None = None) -> np.ndarray:
+    _, feature = _feature(example, TFRECORD_IMAGE_KEYS, uri)
+    if not feature.bytes_list.value:
+        raise InputDataError("an image feature holds no encoded bytes", where=uri)
+    return _decode(feature.bytes_list.value[0], uri, mode)
+
+
+def tfrecord_batch(uri: str) -> Batch:
+    """A TFRecord file of `tf.train.Example`s: encoded image bytes (PNG, JPEG) and a label."""
+    if not storage.exists(uri):
+        raise InputDataError("file not found", where=uri)
+    first = next(_examples(uri), None)
+    if first is None:
+        raise InputDataError("the TFRecord file holds no example", where=uri)
+    image = _image(first, uri)
+    shape, mode = image.shape, _mode_of(image)
+    count = sum(1 for _ in _examples(uri))
+    check_declared_size((count, *shape), 1, uri)
+
+    def read(chunk_size: int) -> Iterator[Chunk]:
+        images, labels = [], []
+        for example in _examples(uri):
+            images.append(_same_shape(_image(example, uri, mode), shape, uri))
+            labels.append(_label(example, uri))
+            if len(images) == chunk_size:
+                yield np.stack(images), np.asarray(labels)
+                images, labels = [], []
+        if images:
+            yield np.stack(images), np.asarray(labels)
+
+    def read_labels() -> np.ndarray:
+        return np.asarray([_label(example, uri) for example in _examples(uri)])
+
+    name = storage.basename(uri)
+    for suffix in TFRECORD_SUFFIXES:
+        name = name.removesuffix(suffix)
+    return Batch(name, uri, "tfrecord", count, shape, read, [uri], read_labels=read_labels)
