@@ -104,8 +104,10 @@ def _import(target: str) -> Callable[..., Any]:
     module_name, _, function_name = target.partition(":")
     try:
         build = getattr(importlib.import_module(module_name), function_name)
-    except (ImportError, AttributeError) as exc:
-        raise UsageError(f"cannot import the model function {target}: {exc}") from exc
+    except Exception as exc:  # any failure of someone else's module on import
+        raise UsageError(
+            f"cannot import the model function {target}: {type(exc).__name__}: {exc}"
+        ) from exc
     if not callable(build):
         raise UsageError(f"{target} is not a function")
     return build
@@ -126,7 +128,13 @@ def _checked(build: Callable[..., Any], target: str) -> Callable[[tuple[int, ...
         if not isinstance(model, keras.Model):
             raise UsageError(f"{target} returned {type(model).__name__}, not a keras.Model")
         probe = np.random.default_rng(0).integers(0, 256, (2, *input_shape)).astype("float32")
-        outputs = np.asarray(model(probe, training=False))
+        try:
+            outputs = np.asarray(model(probe, training=False))
+        except Exception as exc:
+            raise UsageError(
+                f"{target}: the model cannot take images of shape {input_shape}: "
+                f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            ) from exc
         if outputs.shape != (2, num_classes):
             raise UsageError(
                 f"{target}: the output has shape {outputs.shape[1:]} per image; it must be "

@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from lepton_tasks import content_cache, registry, tracking
+from lepton_tasks.model_catalog import model_code_version
 from lepton_tasks.redact import redact
 from lepton_tasks.results import (
     EvaluateResult,
@@ -64,13 +65,15 @@ class RunMemo(BaseModel):
     run_dir: str
 
 
-def environment_inputs() -> dict[str, Any]:
+def environment_inputs(params: dict[str, Any]) -> dict[str, Any]:
     """What decides the outcome besides the data and the params: the settings, the seed, the
-    code version and the registry (a reset registry numbers its versions anew)."""
+    code version (Lepton's and a model of yours) and the registry (a reset registry numbers
+    its versions anew)."""
     return {
         "settings": get_settings().model_dump(include=OUTCOME_SETTINGS, mode="json"),
         "seed": os.environ.get("LEPTON_SEED", ""),
         "code": tracking.code_version(),
+        "model_code": model_code_version(str(params.get("architecture") or "lepton_cnn")),
         "registry": redact(tracking.tracking_uri()),
     }
 
@@ -109,7 +112,7 @@ def check_inputs(snapshot_id: str, run_dir: str, params: dict[str, Any]) -> Inpu
     """
     champion_version = registry.champion_number(model_name_of(params))
     forced = [name for name in FORCING_PARAMS if params.get(name)]
-    environment = environment_inputs()
+    environment = environment_inputs(params)
     key = run_key(snapshot_id, params, champion_version, environment)
     memo = content_cache.lookup(CACHE, key, RunMemo)
     if forced or memo is None:

@@ -11,6 +11,7 @@ and both sizes (Lepton does not resize behind your back).
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from collections.abc import Iterator
@@ -53,10 +54,13 @@ def is_image_folder(folder: str) -> bool:
     )
 
 
-def _link_out(path: str, root: str) -> bool:
-    local, base = path.removeprefix("file://"), root.removeprefix("file://")
-    real = os.path.realpath(local)
-    return os.path.islink(local) and not real.startswith(os.path.realpath(base) + os.sep)
+def _inside(path: str, root: str) -> bool:
+    """Whether a local path, links resolved, stays inside `root` (remote paths have no links)."""
+    if not storage.is_local(path):
+        return True
+    real = os.path.realpath(path.removeprefix("file://"))
+    base = os.path.realpath(root.removeprefix("file://"))
+    return real == base or real.startswith(base + os.sep)
 
 
 def _decode(data: bytes, where: str, mode: str | None = None) -> np.ndarray:
@@ -66,6 +70,7 @@ def _decode(data: bytes, where: str, mode: str | None = None) -> np.ndarray:
     from lepton_tasks.settings import get_settings
 
     side = get_settings().max_image_side
+    Image.MAX_IMAGE_PIXELS = side * side  # Pillow's own bomb check, at Lepton's bound
     try:
         image = Image.open(io.BytesIO(data))
         if max(image.size) > side:
@@ -74,10 +79,20 @@ def _decode(data: bytes, where: str, mode: str | None = None) -> np.ndarray:
                 f"LEPTON_MAX_IMAGE_SIDE={side} on a side",
                 where=where,
             )
-        image = image.convert(mode or ("L" if image.mode in ("1", "L", "I", "I;16") else "RGB"))
+        if image.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: scale, do not clip
+            pixels = np.asarray(image, dtype=np.uint32) >> 8
+            image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L")
+        image = image.convert(mode or _mode_of_image(image))
         return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputDataError(f"not a readable image: {exc}", where=where) from exc
+    except Image.DecompressionBombError as exc:
+        raise InputDataError(f"image too large to decode: {exc}", where=where) from exc
+
+
+def _mode_of_image(image: Any) -> str:
+    """Grey stays grey; any other mode (palette, alpha, CMYK) becomes RGB."""
+    return "L" if image.mode in ("1", "L", "I", "I;16", "I;16B", "I;16L") else "RGB"
 
 
 def _same_shape(image: np.ndarray, shape: tuple[int, ...], where: str) -> np.ndarray:
@@ -94,20 +109,31 @@ def _mode_of(image: np.ndarray) -> str:
     return "L" if image.ndim == 2 else "RGB"
 
 
+log = logging.getLogger(__name__)
+
+
 # Image folders ---------------------------------------------------------------------------------
 
 
 def image_folder_batch(folder: str) -> Batch:
-    """`folder/<class>/<image>`: the class is the sub-folder's name."""
+    """`folder/<class>/<image>`: the class is the sub-folder's name. Links that lead out of
+    the folder are skipped, with a warning."""
     files: list[tuple[str, str]] = []
     for class_folder in sorted(e for e in _visible(folder) if storage.is_dir(e)):
+        if not _inside(class_folder, folder):
+            log.warning("skipping %s: a link out of %s", class_folder, folder)
+            continue
         for entry in _visible(class_folder):
-            if _is_image(storage.basename(entry)) and not _link_out(entry, folder):
+            if not _is_image(storage.basename(entry)):
+                continue
+            if _inside(entry, folder):
                 files.append((entry, storage.basename(class_folder)))
+            else:
+                log.warning("skipping %s: a link out of %s", entry, folder)
     if not files:
         raise InputDataError("no image files in the class folders", where=folder)
-    first = _decode(_read(files[0][0]), files[0][0])
-    shape, mode = first.shape, _mode_of(first)
+    mode = _common_mode([uri for uri, _ in files])  # colour if any image is in colour
+    shape = _decode(_read(files[0][0]), files[0][0], mode).shape
     check_declared_size((len(files), *shape), 1, folder)
 
     def read(chunk_size: int) -> Iterator[Chunk]:
@@ -124,7 +150,28 @@ def image_folder_batch(folder: str) -> Batch:
     return Batch(name, folder, "images", len(files), shape, read, uris, read_labels=read_labels)
 
 
+def _common_mode(uris: list[str]) -> str:
+    """ "RGB" if any image is in colour, else "L": from the headers alone."""
+    from PIL import Image, UnidentifiedImageError
+
+    for uri in uris:
+        try:
+            with storage.open_uri(uri, "rb") as handle, Image.open(handle) as image:
+                if _mode_of_image(image) == "RGB":
+                    return "RGB"
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise InputDataError(f"not a readable image: {exc}", where=uri) from exc
+    return "L"
+
+
 def _read(uri: str) -> bytes:
+    """One image file, refused before it is read if it is larger than a batch may be."""
+    from lepton_tasks.settings import get_settings
+
+    limit = get_settings().max_batch_bytes
+    fs, path = storage.filesystem(uri)
+    if (fs.size(path) or 0) > limit:
+        raise InputDataError(f"file larger than LEPTON_MAX_BATCH_BYTES={limit}", where=uri)
     with storage.open_uri(uri, "rb") as handle:
         return handle.read()
 
@@ -161,6 +208,31 @@ def _csv_layout(uri: str) -> tuple[str, list[str], tuple[int, ...]]:
     )
 
 
+def _csv_rows(uri: str) -> int:
+    """Data rows: lines after the header, a last line without a newline counted too."""
+    import fsspec
+
+    newlines, last = 0, b"\n"
+    with fsspec.open(uri, "rb", compression="infer") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            newlines += block.count(b"\n")
+            last = block[-1:]
+    return max(newlines + (last != b"\n") - 1, 0)
+
+
+def _csv_scale(uri: str, pixels: list[str]) -> float:
+    """255 for 0..255 pixels, 1 for 0..1 floats: decided once, from the first rows."""
+    import pandas as pd
+
+    try:
+        first = pd.read_csv(uri, nrows=1000, dtype=dict.fromkeys(pixels, "float64"))[pixels]
+    except (ValueError, pd.errors.ParserError) as exc:
+        raise InputDataError(f"malformed CSV: {exc}", where=uri) from exc
+    values = first.to_numpy()
+    fractional = bool((values != np.round(values)).any())
+    return 1.0 if fractional and np.nanmax(values, initial=0.0) <= 1.0 else 255.0
+
+
 def csv_batch(uri: str) -> Batch:
     """A CSV file: a `label` column, and one column per pixel (row-major, channels last)."""
     import pandas as pd
@@ -168,22 +240,19 @@ def csv_batch(uri: str) -> Batch:
     if not storage.exists(uri):
         raise InputDataError("file not found", where=uri)
     label, pixels, shape = _csv_layout(uri)
-    with storage.open_uri(uri, "rb") as handle:
-        rows = max(
-            sum(block.count(b"\n") for block in iter(lambda: handle.read(1 << 20), b"")) - 1, 0
-        )
+    rows = _csv_rows(uri)
     check_declared_size((rows, *shape), 1, uri)
+    scale = _csv_scale(uri, pixels)
 
     def read(chunk_size: int) -> Iterator[Chunk]:
+        dtypes = dict.fromkeys(pixels, "float64")  # one type for every chunk
         try:
-            for frame in pd.read_csv(uri, chunksize=chunk_size):
+            for frame in pd.read_csv(uri, chunksize=chunk_size, dtype=dtypes):
                 values = frame[pixels].to_numpy()
-                if values.dtype.kind not in "iuf":
-                    raise InputDataError("pixel columns hold non-numbers", where=uri)
-                if np.isnan(values.astype(np.float64)).any():
+                if np.isnan(values).any():
                     raise InputDataError("empty pixel cells", where=uri)
-                images = to_uint8(values.reshape(len(frame), *shape), uri)
-                yield images, frame[label].to_numpy()
+                images = values.reshape(len(frame), *shape)
+                yield to_uint8(images, uri, source_max=scale), frame[label].to_numpy()
         except (ValueError, pd.errors.ParserError) as exc:
             raise InputDataError(f"malformed CSV: {exc}", where=uri) from exc
 

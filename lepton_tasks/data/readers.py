@@ -534,6 +534,16 @@ def parquet_batch(uri: str) -> Batch:
 # Resolution -----------------------------------------------------------------------------------
 
 
+def _is_landing_zone(source: str) -> bool:
+    from lepton_tasks.settings import get_settings
+
+    landing = get_settings().landing
+    local, zone = _local_path(source), _local_path(landing)
+    if local is not None and zone is not None:
+        return os.path.realpath(local) == os.path.realpath(zone)
+    return source.rstrip("/") == landing.rstrip("/")
+
+
 def detect_format(source: str) -> str:
     lowered = source.lower()
     if lowered.startswith("sklearn:"):
@@ -566,6 +576,8 @@ def open_source(source: str, fmt: str = "auto", as_of: datetime | None = None) -
         raise UnknownSourceError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
     if fmt == "auto":
         fmt = detect_format(source)
+        if fmt == "images" and (as_of is not None or _is_landing_zone(source)):
+            fmt = "folder"  # a zone's folders are batches (`2026-01-01/`), never classes
     if fmt == "sklearn":
         return [sklearn_batch(source)]
     if fmt == "idx":

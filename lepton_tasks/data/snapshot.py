@@ -57,6 +57,14 @@ def _whole(labels: np.ndarray, where: str) -> np.ndarray:
     return labels.astype(np.int64)
 
 
+def _is_int(key: str) -> bool:
+    try:
+        int(key)
+    except ValueError:
+        return False
+    return True
+
+
 def _key(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -69,11 +77,9 @@ def class_names_from_labels(label_arrays: list[np.ndarray], where: str) -> list[
     """The class set the labels hold: numbers in numeric order ("2" before "10"), names in
     alphabetical order. Refuses fewer than two classes and an implausible number of them."""
     keys: set[str] = set()
-    numeric = True
     for labels in label_arrays:
-        uniques = np.unique(_whole(np.asarray(labels), where))
-        numeric = numeric and uniques.dtype.kind in "iu"
-        keys.update(_key(value) for value in uniques)
+        keys.update(_key(value) for value in np.unique(_whole(np.asarray(labels), where)))
+    numeric = all(_is_int(key) for key in keys)  # "10" from a folder name counts as 10
     if len(keys) < 2:
         raise InputDataError(
             f"the labels hold {len(keys)} class(es) {sorted(keys)}: a classifier needs two or "

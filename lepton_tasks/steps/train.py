@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from lepton_tasks import content_cache, storage, tracking
 from lepton_tasks.data.snapshot import load_split, read_manifest
 from lepton_tasks.errors import InputDataError, TrainingError, UsageError
+from lepton_tasks.model_catalog import model_code_version
 from lepton_tasks.models import DEFAULT_ARCHITECTURE, get_architecture, save_keras
 from lepton_tasks.results import TrainResult, records_result
 from lepton_tasks.run_folder import RunFolder
@@ -367,7 +368,10 @@ def _cache_key(snapshot_uri: str, params: TrainParams) -> str:
     """What a training depends on: the data's content, the params, the code."""
     manifest = read_manifest(snapshot_uri)
     return content_cache.cache_key(
-        data=manifest["sha256"], params=params.model_dump(), code=tracking.code_version()
+        data=manifest["sha256"],
+        params=params.model_dump(),
+        code=tracking.code_version(),
+        model_code=model_code_version(params.architecture),
     )
 
 

@@ -403,6 +403,12 @@ def _comparable_reference(
         return None
     new = [c for c in ours if c not in theirs]
     missing = [c for c in theirs if c not in ours]
+    if not new and not missing:
+        raise ClassSetError(
+            f"the champion's classes are {theirs}, in this order; the data's, read from its "
+            f"labels, are {ours}: set LEPTON_CLASSES to the champion's order",
+            where=manifest["source"],
+        )
     failed = [
         {"check": "labels within the champion's classes", "batch": str(name), "success": False,
          "observed": sorted(set(rows["label"]) & set(new)), "expected": theirs}
@@ -414,8 +420,12 @@ def _comparable_reference(
     raise ClassSetError(
         f"{what}: the champion of this model knows {theirs}, the data holds {ours}. A new class "
         "needs a new model (another model_name) or the new class set given on purpose "
-        "(--classes / LEPTON_CLASSES)"
-        + (f"; quarantined {', '.join(quarantined)}" if quarantined else ""),
+        "(LEPTON_CLASSES for the workers, --classes by hand)"
+        + (
+            f"; quarantined {', '.join(quarantined)} (move it back into the zone to train on it)"
+            if quarantined
+            else ""
+        ),
         failures=failed,
         where=manifest["source"],
     )

@@ -35,6 +35,12 @@ def not_a_model(input_shape, num_classes):
     return "a string"
 
 
+def fixed_input(input_shape, num_classes):
+    return keras.Sequential(
+        [keras.Input(shape=(28, 28, 1)), layers.Flatten(), layers.Dense(num_classes)]
+    )
+
+
 def wrong_width(input_shape, num_classes):
     return keras.Sequential([keras.Input(shape=input_shape), layers.Flatten(), layers.Dense(3)])
 '''
@@ -65,7 +71,7 @@ def installed_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_an_installed_entry_point_is_listed_and_traced(installed_package: Path) -> None:
     assert installed_models()["my_mlp"] == "my_models:build"
-    assert model_source("my_mlp") == "my_models:build (my-models 1.2.0)"
+    assert model_source("my_mlp").startswith("my_models:build (my-models 1.2.0, code ")
 
 
 def test_what_the_function_returns_is_checked(installed_package: Path) -> None:
@@ -77,3 +83,19 @@ def test_what_the_function_returns_is_checked(installed_package: Path) -> None:
         get_architecture("my_models:wrong_width").build((8, 8, 1), 10)
     with pytest.raises(UsageError, match="cannot import the model function nowhere:build"):
         get_architecture("nowhere:build")
+
+
+def test_an_edit_of_your_model_changes_its_code_version(installed_package: Path) -> None:
+    """The cache keys hold it: an edited model is never served from an earlier training."""
+    from lepton_tasks.model_catalog import model_code_version
+
+    before = model_code_version("my_mlp")
+    source = installed_package / "my_models" / "__init__.py"
+    source.write_text(source.read_text().replace("Dense(64", "Dense(32"))
+    assert model_code_version("my_mlp") not in (before, "", "unknown")
+    assert model_code_version("lepton_cnn") == ""  # Lepton's own: Lepton's code version
+
+
+def test_a_model_that_cannot_take_the_images_says_so(installed_package: Path) -> None:
+    with pytest.raises(UsageError, match=r"cannot take images of shape \(32, 32, 3\)"):
+        get_architecture("my_models:fixed_input").build((32, 32, 3), 10)

@@ -171,3 +171,74 @@ def test_class_sets_from_labels() -> None:
         class_names_from_labels([np.asarray(["cat", "cat"])], "x")
     with pytest.raises(InputDataError, match="more than 1000 classes"):
         class_names_from_labels([np.arange(5000)], "x")
+
+
+def test_numbers_as_text_are_in_numeric_order() -> None:
+    """Class folders `0`..`11`, CSV or TFRecord text labels: "2" before "10"."""
+    assert class_names_from_labels([np.asarray(["10", "2", "1"])], "x") == ["1", "2", "10"]
+
+
+def test_a_landing_zone_is_never_one_image_folder(lepton_env: Path, mnist_sample) -> None:
+    """Date folders of loose images in the zone are not classes named after dates."""
+    images, _ = mnist_sample
+    zone = lepton_env / "landing"
+    for day in ("2026-01-01", "2026-01-02"):
+        (zone / day).mkdir(parents=True)
+        (zone / day / "a.png").write_bytes(png_bytes(images[0]))
+    with pytest.raises(InputDataError, match="no dataset"):
+        open_source(str(zone))
+
+
+def test_sixteen_bit_and_mixed_colour_images_keep_their_content(tmp_path: Path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "imgs"
+    (folder / "grey").mkdir(parents=True)
+    (folder / "colour").mkdir()
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024).astype(np.uint16)
+    Image.fromarray(ramp).save(folder / "grey" / "deep.png")  # a 16-bit grey PNG
+    Image.fromarray(np.full((8, 8, 3), (200, 10, 10), dtype=np.uint8)).save(
+        folder / "colour" / "red.png"
+    )
+    images, labels = read_all(str(folder))
+    deep = images[list(labels).index("grey")]
+    assert deep.shape == (8, 8, 3)  # one colour image makes the dataset RGB
+    assert deep[..., 0].max() == (63 * 1024) >> 8 and deep[..., 0].min() == 0  # scaled, not clipped
+
+
+def test_a_class_folder_linked_from_outside_is_not_read(tmp_path: Path, mnist_sample) -> None:
+    images, labels = mnist_sample
+    folder = write_image_folder(tmp_path / "pngs", images[:20], labels[:20])
+    outside = write_image_folder(tmp_path / "private", images[20:25], labels[20:25])
+    (folder / "secret").symlink_to(next(outside.iterdir()), target_is_directory=True)
+    _, got = read_all(str(folder))
+    assert "secret" not in set(got)
+
+
+def test_gzipped_and_fractional_csv(tmp_path: Path) -> None:
+    import gzip
+
+    rows = "\n".join(f"{i % 2},{','.join(['0.5'] * 3 + ['1.0'])}" for i in range(5))
+    path = tmp_path / "small.csv.gz"
+    path.write_bytes(gzip.compress(f"label,p0,p1,p2,p3\n{rows}".encode()))  # no final newline
+    (batch,) = open_source(str(path))
+    assert batch.count == 5
+    images, _ = read_all(str(path))
+    assert images.shape == (5, 2, 2) and images.max() == 255 and images.min() == 128
+
+
+def test_a_decompression_bomb_is_a_named_input_error(tmp_path: Path, monkeypatch) -> None:
+    from lepton_tasks.settings import get_settings
+
+    monkeypatch.setenv("LEPTON_MAX_IMAGE_SIDE", "16")
+    get_settings.cache_clear()
+    try:
+        folder = tmp_path / "imgs" / "big"
+        folder.mkdir(parents=True)
+        from PIL import Image
+
+        Image.new("L", (64, 64)).save(folder / "big.png")
+        with pytest.raises(InputDataError, match="too large to decode|MAX_IMAGE_SIDE=16"):
+            read_all(str(tmp_path / "imgs"))
+    finally:
+        get_settings.cache_clear()
