@@ -150,17 +150,45 @@ def main() -> None:
             )
             print(name, json.dumps(figures["datasets"][name]), flush=True)
     (REPO / "bench" / "formats.json").write_text(json.dumps(figures, indent=2))
-    print(
-        "\n| dataset | format | examples | shape | classes | test accuracy | seconds (ingest/validate/train/evaluate/register) |"
-    )
-    print("|---|---|---|---|---|---|---|")
+    section = report(figures)
+    print(section)
+    results = REPO / "bench" / "RESULTS.md"
+    text = results.read_text()
+    if SECTION in text:
+        before, after = text.split(SECTION, 1)
+        rest = after.split("\n## ", 1)
+        text = f"{before}{section}" + (f"\n## {rest[1]}" if len(rest) > 1 else "")
+    else:
+        text = f"{text.rstrip()}\n\n{section}"
+    results.write_text(text)
+
+
+SECTION = "## 6. Your data, no flags"
+
+
+def report(figures: dict) -> str:
+    host = figures["machine"]
+    rows = []
     for name, row in figures["datasets"].items():
         s = row["seconds"]
-        print(
+        classes = ", ".join(row["classes"][:3]) + (", ..." if len(row["classes"]) > 3 else "")
+        rows.append(
             f"| {name} | {row['format']} | {row['examples']} | {row['image_shape']} | "
-            f"{len(row['classes'])} ({', '.join(row['classes'][:3])}, ...) | {row['test_accuracy']:.4f} | "
-            f"{'/'.join(str(s[k]) for k in STEPS)} |"
+            f"{len(row['classes'])} ({classes}) | {row['test_accuracy']:.4f} | "
+            f"{' / '.join(str(s[k]) for k in STEPS)} |"
         )
+    table = "\n".join(rows)
+    return f"""{SECTION}
+
+Machine: {host["cpu"]}. Date: {host["date"]}. Command: `make bench-formats`
+(`python bench/formats.py`): each layout through `lepton-tasks ingest, validate, train,
+evaluate, register` in a fresh home, default training, no format or class flag. Target
+(issue 14): test accuracy at least 0.9 on each.
+
+| dataset | format | examples | shape | classes (from the labels) | test accuracy | seconds: ingest / validate / train / evaluate / register |
+|---|---|---|---|---|---|---|
+{table}
+"""
 
 
 if __name__ == "__main__":

@@ -355,6 +355,14 @@ def lepton_models() -> list[str]:
     return sorted(model.name for model in models if not model.name.endswith(LOCK_SUFFIX))
 
 
+def _class_names(tags: Mapping[str, str]) -> list[str] | None:
+    try:
+        names = json.loads(tags.get("lepton.class_names") or "null")
+    except json.JSONDecodeError:  # a hand-edited tag must not take the page down
+        return None
+    return [str(n) for n in names] if isinstance(names, list) else None
+
+
 def describe_model(model_name: str | None = None) -> ModelInfo:
     """The registered model's versions, newest first, with aliases, metrics and lineage."""
     from mlflow import MlflowClient
@@ -390,6 +398,7 @@ def describe_model(model_name: str | None = None) -> ModelInfo:
                 if "lepton.snapshot_count" in tags
                 else None,
                 architecture=tags.get("lepton.architecture"),
+                class_names=_class_names(tags),
                 pipeline_run_id=tags.get("lepton.pipeline_run_id") or None,
                 dag_id=tags.get("lepton.dag_id"),
                 dag_run_id=tags.get("lepton.dag_run_id"),

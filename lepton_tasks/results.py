@@ -184,6 +184,8 @@ class VersionInfo(BaseModel):
     snapshot_id: str | None = None
     snapshot_count: int | None = None
     architecture: str | None = None
+    # What the model's outputs mean, in order (versions from before the tag: unknown).
+    class_names: list[str] | None = None
     pipeline_run_id: str | None = None
     dag_id: str | None = None
     dag_run_id: str | None = None
@@ -193,6 +195,13 @@ class VersionInfo(BaseModel):
 
     def metrics_text(self) -> str:
         return ", ".join(f"{k} {val:.4f}" for k, val in sorted(self.metrics.items()))
+
+    def classes_text(self) -> str:
+        if not self.class_names:
+            return "?"
+        shown = ", ".join(self.class_names[:6])
+        more = f", … ({len(self.class_names)})" if len(self.class_names) > 6 else ""
+        return shown + more
 
 
 class ModelInfo(StepResult):

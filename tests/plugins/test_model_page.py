@@ -35,6 +35,7 @@ def registry(lepton_env: Path) -> MlflowClient:
                 "lepton.dag_id": "lepton_training",
                 "lepton.dag_run_id": f"scheduled__2026-01-0{number}",
                 "lepton.decision": "first model" if number == 1 else "not better",
+                **({"lepton.class_names": '["cat", "dog"]'} if number == 2 else {}),
             },
         )
     client.set_registered_model_alias("lepton-digits", "champion", "1")
@@ -88,6 +89,8 @@ def test_the_page_shows_versions_champion_and_lineage(registry: MlflowClient, si
     assert 'data-open="top" href="/dags/lepton_training/runs/scheduled__2026-01-02"' in page.text
     assert 'data-open="new" target="_blank"' in page.text and "window.top.document" in page.text
     assert "accuracy 0.9800" in page.text and "snap2 (1797 examples)" in page.text
+    assert "<td>cat, dog</td>" in page.text  # what v2's outputs mean; v1 predates the tag
+    assert "<td>?</td>" in page.text
     # The rollback form offers the other versions, not the champion itself.
     assert '<option value="2">v2: accuracy 0.9800</option>' in page.text
     assert '<option value="1">' not in page.text

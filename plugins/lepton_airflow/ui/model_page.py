@@ -205,6 +205,7 @@ def _version_row(version: VersionInfo, model_name: str) -> str:
         f'<td><a data-open="new" target="_blank" rel="noopener" '
         f'href="{e(mlflow_model_version_url(model_name, version.version))}">'
         f"v{e(version.version)}</a></td><td>{badges}</td><td>{e(version.metrics_text())}</td>"
+        f"<td>{e(version.classes_text())}</td>"
         f"<td>{e(version.snapshot_id)} ({e(version.snapshot_count or '?')} examples)</td>"
         f"<td>{_dag_run_link(version)}</td><td>{e(version.decision)}</td>"
         f"<td>{e(version.created_at)}</td></tr>"
@@ -267,7 +268,7 @@ ul{{margin:0;padding-left:1.2rem}} li{{margin:.2rem 0}}
 {notice}
 {champion}
 <section class="card"><h2>Versions</h2><table><thead><tr><th>Version</th><th>Aliases</th>
-<th>Test metrics</th><th>Data snapshot</th><th>DAG run</th><th>Decision</th><th>Registered</th>
+<th>Test metrics</th><th>Classes</th><th>Data snapshot</th><th>DAG run</th><th>Decision</th><th>Registered</th>
 </tr></thead><tbody>{rows}</tbody></table></section>
 <section class="card"><h2>Roll champion back</h2>{rollback}</section>
 <section class="card"><h2>Promotion history</h2><ul id="history">{history}</ul></section>
