@@ -137,16 +137,15 @@ def end(run_dir: str, parent_run_id: str, steps: list[str]) -> PipelineEndResult
     import mlflow
 
     folder = RunFolder(run_dir)
-    outcome = _outcome(folder, steps)
-    summary = _summary(folder, outcome)
+    checked = folder.saved_result(CHECK_STEP, InputCheckResult)
+    outcome = _outcome(folder, steps, checked)
+    summary = _summary(folder, outcome, checked)
     tracking.setup()
     client = mlflow.MlflowClient()
     with tracking.tracking_errors("closing the pipeline run"):
         _attach_reports(client, parent_run_id, folder)
         _tag_outcome(client, parent_run_id, outcome, summary)
-        if outcome["status"] == "UNCHANGED":
-            checked = folder.saved_result(CHECK_STEP, InputCheckResult)
-            assert checked is not None
+        if outcome["status"] == "UNCHANGED" and checked is not None:
             client.set_tag(parent_run_id, "lepton.unchanged_since", f"v{checked.unchanged_since}")
         # MLflow knows no "skipped": a night with nothing to do finished as it should.
         finished = outcome["status"] in ("SKIPPED", "UNCHANGED")
@@ -170,8 +169,9 @@ def _tag_outcome(client: Any, parent_run_id: str, outcome: dict[str, Any], summa
         client.set_tag(parent_run_id, "lepton.skip_reason", str(outcome["error"]))
 
 
-def _outcome(folder: RunFolder, steps: list[str]) -> dict[str, Any]:
-    checked = folder.saved_result(CHECK_STEP, InputCheckResult)
+def _outcome(
+    folder: RunFolder, steps: list[str], checked: InputCheckResult | None
+) -> dict[str, Any]:
     repeat = checked is not None and checked.unchanged_since is not None and CHECK_STEP in steps
     ran = steps[: steps.index(CHECK_STEP) + 1] if repeat else steps
     failure = folder.first_failure(ran)
@@ -186,16 +186,14 @@ def _outcome(folder: RunFolder, steps: list[str]) -> dict[str, Any]:
     return {"status": "FAILED", "failed_step": step, "error": error.get("message")}
 
 
-def _summary(folder: RunFolder, outcome: dict[str, Any]) -> str:
+def _summary(folder: RunFolder, outcome: dict[str, Any], checked: InputCheckResult | None) -> str:
     """One line on what the run did: the DAG run's note and the MLflow run's description."""
     status = outcome["status"]
     if status == "FAILED":
         return f"Failed at {outcome['failed_step']}: {outcome['error']}"
     if status == "SKIPPED":
         return f"Skipped: {outcome['error']}"
-    if status == "UNCHANGED":
-        checked = folder.saved_result(CHECK_STEP, InputCheckResult)
-        assert checked is not None
+    if status == "UNCHANGED" and checked is not None:
         return (
             f"Unchanged since v{checked.unchanged_since}: the same data (snapshot "
             f"{checked.snapshot_id[:12]}), params, code and champion as DAG run "

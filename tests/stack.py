@@ -111,6 +111,21 @@ class Stack:
         env.update(self.extra_env)
         return env
 
+    def seed_champion(self, epochs: str, *evaluate_options: str) -> None:
+        """A champion v1 trained on the bundled digits by the CLI, before the stack starts."""
+        self.lepton_home.mkdir(parents=True)
+        self.logs.mkdir(parents=True)
+        seed = self.root / "seed-run"
+        for step, extra in [
+            ("ingest", ["--source", "sklearn:digits"]),
+            ("validate", []),
+            ("train", ["--epochs", epochs]),
+            ("evaluate", list(evaluate_options)),
+            ("register", []),
+        ]:
+            command = [str(BIN / "lepton-tasks"), step, "--run-dir", str(seed), *extra]
+            self.run_cli(f"seed-{step}", command)
+
     def api(self, method: str, path: str, body: object | None = None) -> Any:
         """Airflow's REST API (`/api/v2/...`) as the admin user; the JSON answer."""
         if not hasattr(self, "_token"):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.stack import ADMIN_PASSWORD, ADMIN_USER, BIN, Stack
+from tests.stack import ADMIN_PASSWORD, ADMIN_USER, Stack
 
 CHROMIUM = Path(os.environ.get("LEPTON_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("LEPTON_CHROMEDRIVER", "/usr/bin/chromedriver"))
@@ -70,18 +70,7 @@ def stack(
     _require_browser()
     pytestconfig._lepton_browser_artifacts = artifacts  # type: ignore[attr-defined]
     running = Stack(tmp_path_factory.mktemp("stack"))
-    running.lepton_home.mkdir(parents=True)
-    running.logs.mkdir(parents=True)
-    seed = running.root / "seed-run"
-    for step, extra in [
-        ("ingest", ["--source", "sklearn:digits"]),
-        ("validate", []),
-        ("train", ["--epochs", SEED_EPOCHS]),
-        ("evaluate", []),
-        ("register", []),
-    ]:
-        command = [str(BIN / "lepton-tasks"), step, "--run-dir", str(seed), *extra]
-        running.run_cli(f"seed-{step}", command)
+    running.seed_champion(SEED_EPOCHS)
     try:
         running.start()
         running.wait_until_ready()

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.stack import BIN, Stack
+from tests.stack import Stack
 
 SEED_EPOCHS = "1"
 POLL_S = "3"
@@ -57,18 +57,9 @@ def scheduler_stack(
             "LEPTON_LANDING_POLL_S": POLL_S,
         },
     )
-    running.lepton_home.mkdir(parents=True)
-    running.logs.mkdir(parents=True)
-    seed = running.root / "seed-run"
-    for step, extra in [
-        ("ingest", ["--source", "sklearn:digits"]),
-        ("validate", []),
-        ("train", ["--epochs", SEED_EPOCHS]),
-        ("evaluate", ["--force-promotion-reason", "a weak seed champion for the test"]),
-        ("register", []),
-    ]:
-        command = [str(BIN / "lepton-tasks"), step, "--run-dir", str(seed), *extra]
-        running.run_cli(f"seed-{step}", command)
+    running.seed_champion(
+        SEED_EPOCHS, "--force-promotion-reason", "a weak seed champion for the test"
+    )
     # From here on the steps talk to the MLflow server, as in production (the seed could not:
     # the server was not up yet; it serves the same database).
     running.extra_env["MLFLOW_TRACKING_URI"] = running.mlflow_url
