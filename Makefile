@@ -14,7 +14,7 @@ UV_VERSION := 0.13.9
 EXTRAS ?= cpu,airflow,server,dev
 PYTEST_ARGS ?=
 
-.PHONY: install browser test test-fast test-browser test-containers lint format demo ui bench bench-loop bench-formats bench-containers env images up down clean help
+.PHONY: install browser test test-fast test-browser test-containers lint format demo ui bench bench-loop bench-formats bench-serving bench-containers env images up down clean help
 
 help:
 	@echo "make demo   run the lepton_training pipeline end to end (installs into .venv)"
@@ -92,6 +92,10 @@ bench-loop: install
 # Each dataset layout (RGB NPZ, PNG class folders, TFRecord, CSV) through the five steps.
 bench-formats: install
 	$(BIN)/python bench/formats.py
+
+# lepton-tasks serve against mlflow models serve, same model, side by side (part of `make bench`).
+bench-serving: install
+	$(BIN)/python bench/serving.py
 
 # Image build times and sizes, container start cost per step (needs a Docker engine).
 bench-containers: install

@@ -245,6 +245,56 @@ def containers_section() -> list[str]:
     return [*lines, ""]
 
 
+def serving_section() -> list[str]:
+    """bench/serving.json (bench/serving.py), when it has been run."""
+    source = HERE / "serving.json"
+    if not source.exists():
+        return []
+    r = json.loads(source.read_text())
+    m = r["machine"]
+    lines = [
+        "## 7. Serving: `lepton-tasks serve` against `mlflow models serve`",
+        "",
+        f"Machine: {m['cpu']}. Date: {m['date']}. Command: `make bench-serving` "
+        f"(`python bench/serving.py`). One Lepton model (lepton_cnn, 28x28 MNIST) served by "
+        f"both on loopback, one uvicorn worker each; {r['clients']} client threads on keep-alive "
+        "connections, the same JSON body (`inputs`), the same number of requests per server in "
+        "alternating rounds (best round shown). Both servers gave the same predictions: "
+        f"{'yes' if r['same_predictions'] else 'NO'}.",
+        "",
+        "| batch | server | requests/s | p50 ms | p99 ms |",
+        "|---|---|---|---|---|",
+    ]
+    for size, by_server in r["batches"].items():
+        for name in ("lepton serve", "mlflow models serve"):
+            row = by_server[name]
+            lines.append(
+                f"| {size} | {name} | {row['requests_per_s']:.1f} | {row['p50_ms']:.1f} | "
+                f"{row['p99_ms']:.1f} |"
+            )
+    ratios = ", ".join(
+        f"batch {size}: {by_server['throughput_ratio']:.2f}x"
+        for size, by_server in r["batches"].items()
+    )
+    lines += ["", f"Throughput of `lepton-tasks serve` over `mlflow models serve`: {ratios}.", ""]
+    return lines
+
+
+def _kept_sections(path: Path, generated: list[str]) -> list[str]:
+    """Sections of the existing report that this script does not write (the nightly loop and
+    formats sections come from their own scripts): kept as they are."""
+    if not path.exists():
+        return []
+    heads = {line.split(":")[0] for line in generated if line.startswith("## ")}
+    kept, keep = [], False
+    for line in path.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line.split(":")[0] not in heads
+        if keep:
+            kept.append(line)
+    return [*kept, ""] if kept else []
+
+
 def write_report(results: dict, path: Path) -> None:
     m = results["machine"]
     lines = [
@@ -263,7 +313,8 @@ def write_report(results: dict, path: Path) -> None:
         lines += scale_section(results["scale"])
     lines += containers_section()
     lines += gpu_section()
-    path.write_text("\n".join(lines))
+    serving = serving_section()
+    path.write_text("\n".join(lines + _kept_sections(path, lines + serving) + serving))
 
 
 if __name__ == "__main__":

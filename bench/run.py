@@ -263,11 +263,13 @@ def machine() -> dict[str, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["accuracy", "overhead", "scale"], action="append")
+    parser.add_argument(
+        "--only", choices=["accuracy", "overhead", "scale", "serving"], action="append"
+    )
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
     args = parser.parse_args()
-    parts = args.only or ["accuracy", "overhead", "scale"]
+    parts = args.only or ["accuracy", "overhead", "scale", "serving"]
     results: dict = {"machine": machine(), "repeats": args.repeats}
     if Path(args.out).exists():
         results = {**json.loads(Path(args.out).read_text()), **results}
@@ -281,6 +283,9 @@ def main() -> None:
         print("scale", flush=True)
         results["scale"] = scale([int(s) for s in args.sizes.split(",")])
     Path(args.out).write_text(json.dumps(results, indent=2))
+    if "serving" in parts:  # its own script: it trains a model and starts two servers
+        print("serving", flush=True)
+        subprocess.run([sys.executable, str(REPO / "bench" / "serving.py")], check=True)
     from bench.report import write_report
 
     write_report(results, REPO / "bench" / "RESULTS.md")

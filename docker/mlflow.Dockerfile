@@ -9,7 +9,7 @@ WORKDIR /src
 COPY constraints.txt ./
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check -c constraints.txt \
-      "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.13"
+      "mlflow[auth]==3.17.2" "psycopg2-binary==2.9.13" "prometheus-flask-exporter==0.23.2"
 
 FROM ${BASE_IMAGE} AS runtime
 RUN groupadd --system --gid 10002 mlflow \

@@ -547,6 +547,8 @@ def exit_codes() -> None:
 
 
 def main() -> None:
+    from lepton_tasks import cli_production  # noqa: F401  registers score, serve, monitor
+
     app()
 
 

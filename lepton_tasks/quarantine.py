@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 from lepton_tasks import storage
 from lepton_tasks.data.readers import QUARANTINE_FOLDER
-from lepton_tasks.errors import LeptonError
+from lepton_tasks.errors import InputDataError, LeptonError
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,10 @@ def _not_regular(folder: str, names: list[str]) -> set[str]:
 def quarantine_bad_data(source: str, batch_uris: list[str], error: LeptonError) -> list[str]:
     """The one policy for rejected data.
 
-    Only the configured landing zone (LEPTON_LANDING_URI) is Lepton's to rearrange: its bad
-    batches are moved to `<landing>/_quarantine/` (or LEPTON_QUARANTINE_URI), so the next run
-    proceeds without them. Any other source is the user's: it is read, never changed, and a
+    Only the configured landing zone (LEPTON_LANDING_URI) and scoring inbox
+    (LEPTON_SCORING_INBOX_URI) are Lepton's to rearrange: their bad batches are moved to
+    `<zone>/_quarantine/` (landing: or LEPTON_QUARANTINE_URI), so the next run proceeds
+    without them. Any other source is the user's: it is read, never changed, and a
     copy of the bad part (the failing batch, or the whole source) goes to the quarantine root.
     Bundled datasets and missing files have nothing to set aside.
     """
@@ -103,6 +104,13 @@ def quarantine_bad_data(source: str, batch_uris: list[str], error: LeptonError) 
             quarantine(uri, error, root, move=True)
             for uri in batch_uris
             if storage.exists(uri) and inside(uri, settings.landing)
+        ]
+    if same_location(source, settings.scoring_inbox):  # Lepton's too: its own _quarantine
+        root = storage.join(settings.scoring_inbox, QUARANTINE_FOLDER)
+        return [
+            quarantine(uri, error, root, move=True)
+            for uri in batch_uris
+            if storage.exists(uri) and inside(uri, settings.scoring_inbox)
         ]
     parts = [uri for uri in batch_uris if storage.exists(uri)]
     named_directly = ":" not in source.split("://")[-1] and "," not in source
@@ -125,3 +133,16 @@ def same_location(a: str, b: str) -> bool:
 def inside(uri: str, folder: str) -> bool:
     """Whether `uri` lies within `folder` (and is not the folder itself)."""
     return _normal(uri).startswith(_normal(folder).rstrip("/") + "/")
+
+
+def set_aside(exc: InputDataError, source: str) -> None:
+    """Quarantine the batch `exc` names (or the source); if that fails, say so, and the input
+    error stays the error. The error's message says where the data went."""
+    try:
+        targets = quarantine_bad_data(source, [exc.batch_uri] if exc.batch_uri else [], exc)
+    except Exception as failure:
+        log.warning("could not quarantine %s: %s", exc.batch_uri or source, failure)
+        exc.message = f"{exc.message}; could not quarantine it: {type(failure).__name__}"
+        return
+    if targets:
+        exc.message = f"{exc.message}; quarantined to {', '.join(targets)}"

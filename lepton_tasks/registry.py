@@ -16,7 +16,8 @@ from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from lepton_tasks import tracking
+from lepton_tasks import storage, tracking
+from lepton_tasks.data.snapshot import read_manifest
 from lepton_tasks.errors import ChampionMovedError, RegistryError, UsageError
 from lepton_tasks.redact import redact
 from lepton_tasks.results import ModelInfo, RollbackResult, VersionInfo, records_result
@@ -417,3 +418,14 @@ def describe_model(model_name: str | None = None) -> ModelInfo:
         versions=rows,
         promotion_history=history,
     )
+
+
+def class_names_of(version: Any) -> list[str] | None:
+    """A registered version's class set: its tag, else the manifest of its snapshot."""
+    tags = version.tags or {}
+    if "lepton.class_names" in tags:
+        return list(json.loads(tags["lepton.class_names"]))
+    uri = tags.get("lepton.snapshot_uri")
+    if uri and storage.exists(storage.join(uri, "manifest.json")):
+        return list(read_manifest(uri)["class_names"])
+    return None

@@ -138,6 +138,63 @@ class RegisterResult(StepResult):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+class ScoredBatch(BaseModel):
+    name: str
+    uri: str
+    count: int
+    output_uri: str
+    accuracy: float | None = None
+    # Where the scored batch went (scoring inbox batches move to <inbox>/_scored/).
+    moved_to: str | None = None
+
+
+class ScoreResult(StepResult):
+    step: Literal["score"] = "score"
+    model_name: str
+    model_version: str
+    input: str
+    output: str
+    count: int
+    batches: list[ScoredBatch] = Field(default_factory=list)
+    class_names: list[str]
+    predicted_counts: dict[str, int] = Field(default_factory=dict)
+    accuracy: float | None = None
+    pixel_mean: float | None = None
+    mlflow_run_id: str | None = None
+    mlflow_experiment_id: str | None = None
+    seconds: float = 0.0
+
+
+class DriftCheck(BaseModel):
+    name: str
+    value: float
+    threshold: float
+    alert: bool
+    detail: str = ""
+
+
+class MonitorResult(StepResult):
+    step: Literal["monitor"] = "monitor"
+    model_name: str
+    champion_version: str | None
+    window_hours: float
+    production_examples: int = 0
+    reference_examples: int = 0
+    checks: list[DriftCheck] = Field(default_factory=list)
+    alert: bool = False
+    # One line: what crossed which threshold (empty when nothing did).
+    reasons: list[str] = Field(default_factory=list)
+    sources: list[str] = Field(default_factory=list)
+    mlflow_run_id: str | None = None
+    mlflow_experiment_id: str | None = None
+
+    def summary(self) -> str:
+        if not self.checks:
+            return f"{self.model_name}: not enough production data to judge"
+        state = "ALERT: " + "; ".join(self.reasons) if self.alert else "no drift"
+        return f"{self.model_name} v{self.champion_version}: {state}"
+
+
 class SimulateLandingResult(StepResult):
     step: Literal["simulate-landing"] = "simulate-landing"
     landing_uri: str

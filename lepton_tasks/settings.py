@@ -37,6 +37,15 @@ class Settings(BaseSettings):
         default=None,
         description="Where content-addressed snapshots live; defaults to <artifact root>/_snapshots.",
     )
+    scoring_inbox_uri: str | None = Field(
+        default=None,
+        description="Where batches to score land (same landing protocol); defaults to "
+        "<home>/inbox. Scored batches move to <inbox>/_scored/, bad ones to <inbox>/_quarantine/.",
+    )
+    predictions_uri: str | None = Field(
+        default=None,
+        description="Where scoring writes Parquet; defaults to <artifact root>/_predictions.",
+    )
     # Bounds checked before anything is allocated: a batch's declared size (decompressed).
     max_batch_bytes: int = Field(default=4 * 1024**3, ge=1)
     max_image_side: int = Field(default=4096, ge=1)
@@ -72,6 +81,22 @@ class Settings(BaseSettings):
     gate_bootstrap_samples: int = Field(default=2000, ge=100)
     max_class_recall_drop: float = Field(default=0.05, ge=0.0, le=1.0)
 
+    # Online serving (`lepton-tasks serve`): how often the champion alias is looked up, and
+    # the largest request body read.
+    serve_poll_s: float = Field(default=10.0, gt=0)
+    serve_max_body_bytes: int = Field(default=32 * 1024**2, ge=1024)
+
+    # Monitoring: production inputs and predictions against the champion's training data.
+    drift_window_hours: float = Field(default=24.0, gt=0)
+    drift_min_examples: int = Field(default=100, ge=1)
+    drift_max_pixel_mean_shift: float = Field(default=15.0, ge=0.0, description="0-255 units.")
+    drift_max_psi: float = Field(
+        default=0.25, ge=0.0, description="Population stability index of the per-image mean pixel."
+    )
+    drift_max_prediction_kl: float = Field(
+        default=0.25, ge=0.0, description="KL(predicted-class shares || training class shares)."
+    )
+
     @property
     def tracking_uri(self) -> str:
         """MLflow's own variable wins; the embedded default is SQLite under `home`."""
@@ -87,6 +112,14 @@ class Settings(BaseSettings):
     @property
     def landing(self) -> str:
         return self.landing_uri or str(self.home.resolve() / "landing")
+
+    @property
+    def scoring_inbox(self) -> str:
+        return self.scoring_inbox_uri or str(self.home.resolve() / "inbox")
+
+    @property
+    def predictions_root(self) -> str:
+        return self.predictions_uri or f"{self.runs_root.rstrip('/')}/_predictions"
 
     @property
     def snapshot_root(self) -> str:

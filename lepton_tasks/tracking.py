@@ -174,11 +174,12 @@ def step_run(
     *,
     run_id: str | None = None,
     tags: dict[str, Any] | None = None,
+    experiment: str | None = None,
 ) -> Iterator[Any]:
     """An MLflow run for one step, nested under the pipeline run when one is given."""
     import mlflow
 
-    experiment_id = setup()
+    experiment_id = setup(experiment)
     all_tags = {"lepton.step": step, "lepton.code_version": code_version(), **(tags or {})}
     with tracking_errors(f"starting the MLflow run of step {step}"):
         if parent_run_id:

@@ -75,7 +75,9 @@ def test_every_service_is_built_here_or_pinned_and_has_a_healthcheck() -> None:
             assert re.search(r":\d+\.\d+\.\d+$", service["image"]), name
         else:
             image = service["image"]
-            assert re.search(r":\d+\.\d+(\.\d+)?(-\w+)?$", image), f"{name}: {image} is not pinned"
+            assert re.search(r":v?\d+\.\d+(\.\d+)?(-\w+)?$", image), (
+                f"{name}: {image} is not pinned"
+            )
 
 
 def test_ports_bind_to_loopback_only() -> None:
@@ -317,3 +319,64 @@ def test_helm_values_render_the_train_pod(monkeypatch: pytest.MonkeyPatch) -> No
     assert "MLFLOW_TRACKING_PASSWORD" not in env
     assert pod.spec.containers[0].env_from[0].secret_ref.name == "lepton-mlflow-credentials"
     assert security.run_as_user == 10001 and pod.spec.security_context.fs_group == 10001
+
+
+def prometheus_config() -> dict:
+    return yaml.safe_load((REPO / "deploy" / "prometheus" / "prometheus.yml").read_text())
+
+
+def test_prometheus_scrapes_services_of_the_stack_on_their_ports() -> None:
+    services = compose()["services"]
+    targets = {
+        job["job_name"]: target
+        for job in prometheus_config()["scrape_configs"]
+        for group in job["static_configs"]
+        for target in group["targets"]
+    }
+    assert targets == {
+        "lepton-serving": "serving:5001",
+        "mlflow": "mlflow:5000",
+        "airflow": "statsd-exporter:9102",
+    }
+    assert "--port=5001" in services["serving"]["command"]
+    assert "--web.listen-address=:9102" in services["statsd-exporter"]["command"]
+    assert any(a.startswith("--expose-prometheus=") for a in services["mlflow"]["command"])
+    # MLflow's /metrics sits behind its basic auth: the plain user's password, from a secret
+    (mlflow_job,) = [j for j in prometheus_config()["scrape_configs"] if j["job_name"] == "mlflow"]
+    assert mlflow_job["basic_auth"]["password_file"] == "/run/secrets/mlflow_lepton_password"
+    assert services["prometheus"]["secrets"] == ["mlflow_lepton_password"]
+    common = services["airflow-scheduler"]["environment"]
+    assert common["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter"
+
+
+def test_recording_rules_use_the_metrics_the_server_exposes() -> None:
+    """Every lepton_serving_* series a rule reads is one `lepton-tasks serve` publishes."""
+    from lepton_tasks.serving.metrics import ServingMetrics
+
+    exposed = {
+        sample.name
+        for family in ServingMetrics("m").registry.collect()
+        for sample in family.samples
+    } | {
+        f"{family.name}_{suffix}"
+        for family in ServingMetrics("m").registry.collect()
+        for suffix in ("bucket", "sum", "count", "total")
+    }
+    rules = yaml.safe_load((REPO / "deploy" / "prometheus" / "rules.yml").read_text())
+    expressions = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
+    used = {name for expr in expressions for name in re.findall(r"lepton_serving_\w+", expr)}
+    assert used and used <= exposed, used - exposed
+    assert {"lepton:serving_latency_p99:5m", "lepton:serving_server_errors:ratio5m"} <= {
+        rule.get("record") for group in rules["groups"] for rule in group["rules"]
+    }
+
+
+def test_the_kubernetes_serving_hint_probes_what_the_server_answers() -> None:
+    deployment, service = yaml.safe_load_all(
+        (REPO / "deploy" / "helm" / "serving.yaml").read_text()
+    )
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    assert container["args"][0] == "serve" and "--port=5001" in container["args"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]

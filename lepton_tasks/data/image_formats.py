@@ -24,6 +24,8 @@ from lepton_tasks.data.readers import (
     Batch,
     Chunk,
     check_declared_size,
+    labels_are_optional,
+    no_labels,
     to_uint8,
 )
 from lepton_tasks.errors import InputDataError
@@ -45,10 +47,14 @@ def _is_image(name: str) -> bool:
 
 
 def is_image_folder(folder: str) -> bool:
-    """A folder whose sub-folders (the classes) hold image files, and nothing else counts."""
+    """A folder whose sub-folders (the classes) hold image files, and nothing else counts;
+    where labels are optional (scoring), also a folder of image files with no sub-folder."""
     if not storage.is_dir(folder):
         return False
-    classes = [e for e in _visible(folder) if storage.is_dir(e)]
+    entries = _visible(folder)
+    classes = [e for e in entries if storage.is_dir(e)]
+    if not classes and labels_are_optional():
+        return any(_is_image(storage.basename(e)) for e in entries)
     return bool(classes) and all(
         any(_is_image(storage.basename(f)) for f in _visible(c)) for c in classes
     )
@@ -117,8 +123,15 @@ log = logging.getLogger(__name__)
 
 def image_folder_batch(folder: str) -> Batch:
     """`folder/<class>/<image>`: the class is the sub-folder's name. Links that lead out of
-    the folder are skipped, with a warning."""
-    files: list[tuple[str, str]] = []
+    the folder are skipped, with a warning. Where labels are optional, `folder/<image>` too."""
+    files: list[tuple[str, str | None]] = []
+    entries = _visible(folder)
+    if labels_are_optional() and not any(storage.is_dir(e) for e in entries):
+        files = [
+            (e, None)
+            for e in sorted(entries)
+            if _is_image(storage.basename(e)) and _inside(e, folder)
+        ]
     for class_folder in sorted(e for e in _visible(folder) if storage.is_dir(e)):
         if not _inside(class_folder, folder):
             log.warning("skipping %s: a link out of %s", class_folder, folder)
@@ -147,7 +160,18 @@ def image_folder_batch(folder: str) -> Batch:
 
     name = storage.basename(folder)
     uris = [uri for uri, _ in files]
-    return Batch(name, folder, "images", len(files), shape, read, uris, read_labels=read_labels)
+    labelled = files[0][1] is not None
+    return Batch(
+        name,
+        folder,
+        "images",
+        len(files),
+        shape,
+        read,
+        uris,
+        read_labels=read_labels,
+        labelled=labelled,
+    )
 
 
 def _common_mode(uris: list[str]) -> str:
@@ -179,7 +203,7 @@ def _read(uri: str) -> bytes:
 # CSV -------------------------------------------------------------------------------------------
 
 
-def _csv_layout(uri: str) -> tuple[str, list[str], tuple[int, ...]]:
+def _csv_layout(uri: str) -> tuple[str | None, list[str], tuple[int, ...]]:
     """(label column, pixel columns, image shape) from the header."""
     import pandas as pd
 
@@ -189,7 +213,7 @@ def _csv_layout(uri: str) -> tuple[str, list[str], tuple[int, ...]]:
         raise InputDataError(f"not a readable CSV file: {exc}", where=uri) from exc
     columns = [str(c) for c in header.columns]
     label = next((c for c in columns if c.strip().lower() in ("label", "class")), None)
-    if label is None:
+    if label is None and not labels_are_optional():
         raise InputDataError(
             f"no 'label' column; a CSV dataset has a label column and pixel columns, found "
             f"{columns[:5]}{'...' if len(columns) > 5 else ''}",
@@ -252,18 +276,31 @@ def csv_batch(uri: str) -> Batch:
                 if np.isnan(values).any():
                     raise InputDataError("empty pixel cells", where=uri)
                 images = values.reshape(len(frame), *shape)
-                yield to_uint8(images, uri, source_max=scale), frame[label].to_numpy()
+                labels = frame[label].to_numpy() if label else no_labels(len(frame))
+                yield to_uint8(images, uri, source_max=scale), labels
         except (ValueError, pd.errors.ParserError) as exc:
             raise InputDataError(f"malformed CSV: {exc}", where=uri) from exc
 
     def read_labels() -> np.ndarray:
+        if label is None:
+            return no_labels(rows)
         try:
             return pd.read_csv(uri, usecols=[label])[label].to_numpy()
         except (ValueError, pd.errors.ParserError) as exc:
             raise InputDataError(f"malformed CSV: {exc}", where=uri) from exc
 
     name = storage.basename(uri).removesuffix(".gz").removesuffix(".csv")
-    return Batch(name, uri, "csv", rows, shape, read, [uri], read_labels=read_labels)
+    return Batch(
+        name,
+        uri,
+        "csv",
+        rows,
+        shape,
+        read,
+        [uri],
+        read_labels=read_labels,
+        labelled=label is not None,
+    )
 
 
 # TFRecord --------------------------------------------------------------------------------------
@@ -291,6 +328,10 @@ def _feature(example: Any, keys: tuple[str, ...], uri: str) -> tuple[str, Any]:
 
 
 def _label(example: Any, uri: str) -> Any:
+    if labels_are_optional() and not any(
+        key in example.features.feature for key in TFRECORD_LABEL_KEYS
+    ):
+        return None
     _, feature = _feature(example, TFRECORD_LABEL_KEYS, uri)
     if feature.int64_list.value:
         return int(feature.int64_list.value[0])
@@ -324,10 +365,10 @@ def tfrecord_batch(uri: str) -> Batch:
             images.append(_same_shape(_image(example, uri, mode), shape, uri))
             labels.append(_label(example, uri))
             if len(images) == chunk_size:
-                yield np.stack(images), np.asarray(labels)
+                yield np.stack(images), np.asarray(labels, dtype=object)
                 images, labels = [], []
         if images:
-            yield np.stack(images), np.asarray(labels)
+            yield np.stack(images), np.asarray(labels, dtype=object)
 
     def read_labels() -> np.ndarray:
         return np.asarray([_label(example, uri) for example in _examples(uri)])
@@ -335,4 +376,14 @@ def tfrecord_batch(uri: str) -> Batch:
     name = storage.basename(uri)
     for suffix in TFRECORD_SUFFIXES:
         name = name.removesuffix(suffix)
-    return Batch(name, uri, "tfrecord", count, shape, read, [uri], read_labels=read_labels)
+    return Batch(
+        name,
+        uri,
+        "tfrecord",
+        count,
+        shape,
+        read,
+        [uri],
+        read_labels=read_labels,
+        labelled=_label(first, uri) is not None,
+    )

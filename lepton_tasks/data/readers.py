@@ -15,6 +15,8 @@ import struct
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -33,6 +35,29 @@ QUARANTINE_FOLDER = "_quarantine"
 Chunk = tuple[np.ndarray, np.ndarray]
 log = logging.getLogger(__name__)
 
+# Scoring reads data that has no labels yet: with this set, a batch without its labels (an NPZ
+# without 'y', IDX images without their labels file, a table without a label column, a flat
+# folder of images) reads with every label None instead of failing.
+_LABELS_OPTIONAL: ContextVar[bool] = ContextVar("lepton_labels_optional", default=False)
+
+
+@contextmanager
+def labels_optional() -> Iterator[None]:
+    """Within this block, batches without labels are read (labels all None)."""
+    token = _LABELS_OPTIONAL.set(True)
+    try:
+        yield
+    finally:
+        _LABELS_OPTIONAL.reset(token)
+
+
+def labels_are_optional() -> bool:
+    return _LABELS_OPTIONAL.get()
+
+
+def no_labels(count: int) -> np.ndarray:
+    return np.full(count, None, dtype=object)
+
 
 @dataclass
 class Batch:
@@ -49,6 +74,8 @@ class Batch:
     origin: str | None = None
     # The labels alone, where a format can read them without the images.
     read_labels: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    # False for a batch read without labels (see `labels_optional`): every label is None.
+    labelled: bool = True
 
     def labels(self) -> np.ndarray:
         """Every label of the batch (for the class set), cheaply where the format allows."""
@@ -242,22 +269,23 @@ def _visible_files(folder: str) -> dict[str, str]:
     return names
 
 
-def _find_idx_pairs(folder: str) -> list[tuple[str, str]]:
+def _find_idx_pairs(folder: str) -> list[tuple[str, str | None]]:
     names = _visible_files(folder)
     pairs = []
     for name, uri in names.items():
         if "idx3-ubyte" not in name:
             continue
         label_name = name.replace("images", "labels").replace("idx3-ubyte", "idx1-ubyte")
-        if label_name not in names:
+        if label_name not in names and not labels_are_optional():
             raise InputDataError(
                 f"IDX images file {name} has no labels file {label_name} beside it", where=folder
             )
-        pairs.append((uri, names[label_name]))
-    return sorted(pairs)
+        pairs.append((uri, names.get(label_name)))
+    return sorted(pairs, key=lambda pair: pair[0])
 
 
 def idx_batches(source: str) -> list[Batch]:
+    pairs: list[tuple[str, str | None]]
     if "," in source:
         images_uri, labels_uri = (part.strip() for part in source.split(",", 1))
         pairs = [(images_uri, labels_uri)]
@@ -268,8 +296,43 @@ def idx_batches(source: str) -> list[Batch]:
     else:
         name = storage.basename(source)
         label_name = name.replace("images", "labels").replace("idx3-ubyte", "idx1-ubyte")
-        pairs = [(source, source[: -len(name)] + label_name)]
-    return [_idx_batch(images_uri, labels_uri) for images_uri, labels_uri in pairs]
+        labels_uri = source[: -len(name)] + label_name
+        missing = labels_are_optional() and not storage.exists(labels_uri)
+        pairs = [(source, None if missing else labels_uri)]
+    return [
+        _idx_batch(images_uri, labels_uri)
+        if labels_uri is not None
+        else _idx_images_only(images_uri)
+        for images_uri, labels_uri in pairs
+    ]
+
+
+def _idx_images_only(images_uri: str) -> Batch:
+    """IDX images without labels (scoring)."""
+    image_handle, (count, rows, cols) = _idx_header(images_uri, IDX_IMAGES_MAGIC)
+    image_handle.close()
+    check_declared_size((count, rows, cols), 1, images_uri)
+
+    def read(chunk_size: int) -> Iterator[Chunk]:
+        images_in, _ = _idx_header(images_uri, IDX_IMAGES_MAGIC)
+        with images_in:
+            for start in range(0, count, chunk_size):
+                n = min(chunk_size, count - start)
+                pixels = _read_exact(images_in, n * rows * cols, images_uri, "image data")
+                yield np.frombuffer(pixels, np.uint8).reshape(n, rows, cols), no_labels(n)
+
+    name = storage.basename(images_uri).split("-images")[0].split("-idx3")[0]
+    return Batch(
+        name,
+        images_uri,
+        "idx",
+        count,
+        (rows, cols),
+        read,
+        [images_uri],
+        read_labels=lambda: no_labels(count),
+        labelled=False,
+    )
 
 
 def _idx_batch(images_uri: str, labels_uri: str) -> Batch:
@@ -350,15 +413,16 @@ def npz_batch(uri: str) -> Batch:
     try:
         with storage.open_uri(uri, "rb") as handle, zipfile.ZipFile(handle) as archive:
             found = sorted(n.removesuffix(".npy") for n in archive.namelist() if n.endswith(".npy"))
+            labelled = "y" in found or not labels_are_optional()
             missing = [key for key in ("x", "y") if key not in found]
-            if missing:
+            if missing and (labelled or "x" in missing):
                 raise InputDataError(
                     f"missing array(s) {missing}; an NPZ dataset holds 'x' (images) and 'y' "
                     f"(labels), found {found}",
                     where=uri,
                 )
             shape, _ = _npy_header(archive, "x", uri)
-            labels_shape, _ = _npy_header(archive, "y", uri)
+            labels_shape = _npy_header(archive, "y", uri)[0] if labelled else shape[:1]
     except (zipfile.BadZipFile, ValueError, OSError, EOFError, zlib.error) as exc:
         raise InputDataError(f"not a readable .npz archive: {exc}", where=uri) from exc
     if len(shape) not in (3, 4):
@@ -370,13 +434,16 @@ def npz_batch(uri: str) -> Batch:
     def read(chunk_size: int) -> Iterator[Chunk]:
         try:  # x and y only: another member's size was never checked
             with storage.open_uri(uri, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
-                images, labels = npz["x"], npz["y"]
+                images = npz["x"]
+                labels = npz["y"] if labelled else no_labels(len(images))
         except (ValueError, OSError, EOFError, zlib.error, zipfile.BadZipFile) as exc:
             raise InputDataError(f"not a readable .npz archive: {exc}", where=uri) from exc
         images = to_uint8(check_images(images, uri), uri)
         yield from array_chunks(images, labels.reshape(-1), chunk_size)
 
     def read_labels() -> np.ndarray:
+        if not labelled:
+            return no_labels(shape[0])
         try:
             with storage.open_uri(uri, "rb") as handle, np.load(handle, allow_pickle=False) as npz:
                 return npz["y"].reshape(-1)
@@ -384,7 +451,17 @@ def npz_batch(uri: str) -> Batch:
             raise InputDataError(f"not a readable .npz archive: {exc}", where=uri) from exc
 
     name = storage.basename(uri).removesuffix(".npz")
-    return Batch(name, uri, "npz", shape[0], tuple(shape[1:]), read, [uri], read_labels=read_labels)
+    return Batch(
+        name,
+        uri,
+        "npz",
+        shape[0],
+        tuple(shape[1:]),
+        read,
+        [uri],
+        read_labels=read_labels,
+        labelled=labelled,
+    )
 
 
 # Parquet --------------------------------------------------------------------------------------
@@ -403,8 +480,8 @@ def _check_parquet_schema(parquet: Any, uri: str) -> None:
         raise InputDataError(
             f"column 'image' is {image}; expected a list of pixel numbers", where=uri
         )
-    label = schema.field("label").type
-    if not (
+    label = schema.field("label").type if "label" in schema.names else None
+    if label is not None and not (
         pa.types.is_integer(label) or pa.types.is_string(label) or pa.types.is_large_string(label)
     ):
         raise InputDataError(f"column 'label' is {label}; expected integers or names", where=uri)
@@ -474,6 +551,20 @@ def _parquet_images(table: Any, uri: str) -> np.ndarray:
     return flat.reshape(len(lengths), height, width)
 
 
+def _parquet_columns(columns: list[str], uri: str) -> bool:
+    """Whether the file has labels; refuses one without images, or without labels where
+    labels are required."""
+    labelled = "label" in columns or not labels_are_optional()
+    missing = [name for name in ("image", "label") if name not in columns]
+    if missing and (labelled or "image" in missing):
+        raise InputDataError(
+            f"missing column(s) {missing}; a Parquet dataset has 'image' (list of pixels) and "
+            f"'label', found {columns}",
+            where=uri,
+        )
+    return "label" in columns
+
+
 def parquet_batch(uri: str) -> Batch:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -484,14 +575,7 @@ def parquet_batch(uri: str) -> Batch:
         parquet = pq.ParquetFile(storage.open_uri(uri, "rb"))
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputDataError(f"not a readable Parquet file: {exc}", where=uri) from exc
-    columns = parquet.schema_arrow.names
-    missing = [name for name in ("image", "label") if name not in columns]
-    if missing:
-        raise InputDataError(
-            f"missing column(s) {missing}; a Parquet dataset has 'image' (list of pixels) and "
-            f"'label', found {columns}",
-            where=uri,
-        )
+    labelled = _parquet_columns(parquet.schema_arrow.names, uri)
     _check_parquet_schema(parquet, uri)
     first = next(parquet.iter_batches(batch_size=1), None)  # one row, not a row group
     shape = (
@@ -508,10 +592,16 @@ def parquet_batch(uri: str) -> Batch:
                 raise InputDataError(
                     f"mixed image shapes: {images.shape[1:]} after {shape}", where=uri
                 )
-            labels = table.column("label").to_numpy(zero_copy_only=False)
+            labels = (
+                table.column("label").to_numpy(zero_copy_only=False)
+                if labelled
+                else no_labels(len(images))
+            )
             yield to_uint8(images, uri), labels
 
     def read_labels() -> np.ndarray:
+        if not labelled:
+            return no_labels(parquet.metadata.num_rows)
         arrays = []
         for record_batch in parquet.iter_batches(columns=["label"]):
             table = pa.Table.from_batches([record_batch])
@@ -528,6 +618,7 @@ def parquet_batch(uri: str) -> Batch:
         read,
         [uri],
         read_labels=read_labels,
+        labelled=labelled,
     )
 
 
@@ -535,13 +626,18 @@ def parquet_batch(uri: str) -> Batch:
 
 
 def _is_landing_zone(source: str) -> bool:
+    """The landing zone or the scoring inbox: folders of batches, never of classes."""
     from lepton_tasks.settings import get_settings
 
-    landing = get_settings().landing
-    local, zone = _local_path(source), _local_path(landing)
-    if local is not None and zone is not None:
-        return os.path.realpath(local) == os.path.realpath(zone)
-    return source.rstrip("/") == landing.rstrip("/")
+    settings = get_settings()
+    return any(_same_folder(source, zone) for zone in (settings.landing, settings.scoring_inbox))
+
+
+def _same_folder(source: str, zone: str) -> bool:
+    local, local_zone = _local_path(source), _local_path(zone)
+    if local is not None and local_zone is not None:
+        return os.path.realpath(local) == os.path.realpath(local_zone)
+    return source.rstrip("/") == zone.rstrip("/")
 
 
 def detect_format(source: str) -> str:

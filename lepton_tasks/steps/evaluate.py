@@ -6,7 +6,6 @@ the absolute floor, and beat the champion by at least the configured margin.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tempfile
@@ -19,7 +18,7 @@ from lepton_tasks import storage, tracking
 from lepton_tasks.data.snapshot import load_split, read_manifest
 from lepton_tasks.errors import InputDataError, UsageError
 from lepton_tasks.models import load_keras, load_registered_keras
-from lepton_tasks.registry import champion_version
+from lepton_tasks.registry import champion_version, class_names_of
 from lepton_tasks.results import (
     ChampionScore,
     EvaluateResult,
@@ -443,11 +442,5 @@ def _score_champion(
 
 
 def champion_classes(version: Any) -> list[str] | None:
-    """A registered version's class set: its tag, else the manifest of its snapshot."""
-    tags = version.tags or {}
-    if "lepton.class_names" in tags:
-        return list(json.loads(tags["lepton.class_names"]))
-    uri = tags.get("lepton.snapshot_uri")
-    if uri and storage.exists(storage.join(uri, "manifest.json")):
-        return list(read_manifest(uri)["class_names"])
-    return None
+    """A registered version's class set (see `registry.class_names_of`)."""
+    return class_names_of(version)

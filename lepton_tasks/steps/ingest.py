@@ -16,7 +16,7 @@ from lepton_tasks import storage
 from lepton_tasks.data import readers
 from lepton_tasks.data.snapshot import MANIFEST, SnapshotWriter, class_names_from_labels
 from lepton_tasks.errors import InputDataError, NothingToIngestError, UsageError
-from lepton_tasks.quarantine import quarantine_bad_data
+from lepton_tasks.quarantine import set_aside
 from lepton_tasks.redact import redact
 from lepton_tasks.results import BatchInfo, IngestResult, records_result
 from lepton_tasks.settings import get_settings
@@ -64,7 +64,7 @@ def ingest(
         manifest, batch_infos = _stage(staging, source, fmt, explicit, chunk_size, as_of)
         snapshot_uri = _publish(staging, storage.join(settings.snapshot_root, _address(manifest)))
     except InputDataError as exc:
-        _quarantine(exc, source)
+        set_aside(exc, source)
         raise
     finally:
         if storage.exists(staging):
@@ -232,15 +232,3 @@ def _write_batches(
         source=source, fmt=batches[0].format, batches=[b.model_dump() for b in infos]
     )
     return manifest, infos
-
-
-def _quarantine(exc: InputDataError, source: str) -> None:
-    """Set the bad batch aside; if that fails, say so, and the input error stays the error."""
-    try:
-        targets = quarantine_bad_data(source, [exc.batch_uri] if exc.batch_uri else [], exc)
-    except Exception as failure:
-        log.warning("could not quarantine %s: %s", exc.batch_uri or source, failure)
-        exc.message = f"{exc.message}; could not quarantine it: {type(failure).__name__}"
-        return
-    if targets:
-        exc.message = f"{exc.message}; quarantined to {', '.join(targets)}"

@@ -38,32 +38,36 @@ def _fingerprint(entry: str) -> str:
     return hashlib.sha256(repr(marks).encode()).hexdigest()
 
 
-def zone_listing(zone: str) -> dict[str, str]:
-    """The zone's batches by name, each with a fingerprint of its files."""
+def zone_listing(zone: str, unlabelled: bool = False) -> dict[str, str]:
+    """The zone's batches by name, each with a fingerprint of its files; `unlabelled` counts
+    batches without labels too (the scoring inbox: a folder of images is a batch)."""
+    import contextlib
+
     from lepton_tasks import storage
     from lepton_tasks.data import readers
 
     if not storage.exists(zone):
         return {}
-    return {
-        storage.basename(entry): _fingerprint(entry)
-        for entry in readers.dataset_entries(zone, quiet=True)
-    }
+    with readers.labels_optional() if unlabelled else contextlib.nullcontext():
+        entries = readers.dataset_entries(zone, quiet=True)
+    return {storage.basename(entry): _fingerprint(entry) for entry in entries}
 
 
 class LandingZoneTrigger(BaseEventTrigger):
-    """Fires when a batch lands in (or changes in) the landing zone `zone`."""
+    """Fires when a batch lands in (or changes in) the landing zone `zone` (or, with
+    `unlabelled`, the scoring inbox)."""
 
-    def __init__(self, zone: str, poll_s: float = 15.0) -> None:
+    def __init__(self, zone: str, poll_s: float = 15.0, unlabelled: bool = False) -> None:
         super().__init__()
         self.zone = zone
         self.poll_s = poll_s
+        self.unlabelled = unlabelled
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
-        return f"{type(self).__module__}.{type(self).__qualname__}", {
-            "zone": self.zone,
-            "poll_s": self.poll_s,
-        }
+        kwargs: dict[str, Any] = {"zone": self.zone, "poll_s": self.poll_s}
+        if self.unlabelled:  # only then: the landing zone's trigger stays as it was
+            kwargs["unlabelled"] = True
+        return f"{type(self).__module__}.{type(self).__qualname__}", kwargs
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         from lepton_tasks.redact import redact
@@ -71,7 +75,7 @@ class LandingZoneTrigger(BaseEventTrigger):
         announced: dict[str, str] = {}
         while True:
             try:
-                listing = await asyncio.to_thread(zone_listing, self.zone)
+                listing = await asyncio.to_thread(zone_listing, self.zone, self.unlabelled)
             except Exception as exc:  # a zone that is briefly unreachable: look again later
                 log.warning("cannot list the landing zone %s: %s", redact(self.zone), exc)
                 listing = announced

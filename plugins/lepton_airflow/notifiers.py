@@ -65,11 +65,14 @@ class FailureAlert(SlackWebhookNotifier):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(slack_webhook_conn_id=ALERT_CONN_ID, text="", timeout=10, **kwargs)
 
+    def message(self, context: Any) -> str:
+        return alert_text(context)
+
     def notify(self, context: Any) -> None:
         legacy_url = _legacy_url()
         if legacy_url is None and connection(ALERT_CONN_ID) is None:
             return
-        self.text = alert_text(context)
+        self.text = self.message(context)
         try:
             if legacy_url:
                 from slack_sdk import WebhookClient  # the client the provider's hook wraps
@@ -79,7 +82,7 @@ class FailureAlert(SlackWebhookNotifier):
                 super().notify(context)
         except Exception as exc:  # an alert must never turn into a second failure
             # the URL itself is a secret (a Slack webhook URL is its own credential)
-            log.warning("could not deliver the failure alert: %s", type(exc).__name__)
+            log.warning("could not deliver the alert: %s", type(exc).__name__)
 
 
 def _legacy_url() -> str | None:

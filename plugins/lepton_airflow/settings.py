@@ -32,6 +32,15 @@ class RuntimeSettings(Settings):
         default=15.0, gt=0, description="How often the triggerer looks for landed batches."
     )
 
+    monitor_schedule: str = Field(default="30 * * * *", description="Drift checks, UTC cron.")
+    retrain_on_alert: bool = Field(
+        default=False,
+        description="A monitoring alert triggers lepton_training (the form's default).",
+    )
+    serving_metrics_urls: list[str] = Field(
+        default_factory=list, description="Serving /metrics pages the monitor reads (JSON list)."
+    )
+
     mlflow_ui_url: str = Field(
         default="http://localhost:5000", description="Where users open MLflow (extra links)."
     )

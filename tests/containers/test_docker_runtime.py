@@ -258,3 +258,58 @@ def test_forty_promotions_and_rollbacks_on_postgres(
         app.dependency_overrides.clear()
     assert '<strong id="champion">v1</strong>' in page
     assert page.count("by ops-") == 40
+
+
+def test_the_serving_service_answers_with_the_champion_and_mlflow_exposes_metrics(
+    stack: ContainerStack,
+) -> None:
+    """The compose `serving` service (task image, read-only root) against the MLflow container:
+    it finds the champion the three nights left, answers MLflow's protocol and counts it. And
+    MLflow's own /metrics (`--expose-prometheus`) answers the plain user Prometheus signs in as."""
+    import base64
+    import socket
+    import urllib.request
+
+    import numpy as np
+
+    from lepton_tasks.serving.metrics import parse_exposition
+    from tests.conftest import digits
+    from tests.containers.stack import Service, docker, wait_for_http
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serving = stack.localize_service(Service.load("serving", stack.env))
+    serving.spec["command"] = [
+        a.replace("--port=5001", f"--port={port}") for a in serving.spec["command"]
+    ]
+    name = f"lepton-test-serving-{stack.suffix}"
+    serving.run(stack.volumes, {}, "-d", "--name", name)
+    stack.containers.append(name)
+    base = f"http://127.0.0.1:{port}"
+    wait_for_http(f"{base}/ping", 180, name)  # 200 only once a champion is loaded
+    images = digits()[0][:5]
+    request = urllib.request.Request(
+        f"{base}/invocations",
+        json.dumps({"inputs": images.tolist()}).encode(),
+        {"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["X-Lepton-Model"] == "lepton-digits/1"
+        assert np.asarray(json.load(response)["predictions"]).shape == (5, 10)
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+        samples = parse_exposition(response.read().decode())
+    assert [v for _, v in samples["lepton_serving_model_version"]] == [1.0]
+    assert sum(v for _, v in samples["lepton_serving_images_total"]) == 5
+    info = json.loads(docker("inspect", name))[0]
+    assert info["HostConfig"]["ReadonlyRootfs"] is True
+    assert info["Config"]["User"] not in ("", "root", "0")
+
+    user = stack.steps_user
+    secret = f"{user['MLFLOW_TRACKING_USERNAME']}:{user['MLFLOW_TRACKING_PASSWORD']}"
+    metrics = urllib.request.Request(
+        f"{stack.mlflow_url}/metrics",
+        headers={"Authorization": f"Basic {base64.b64encode(secret.encode()).decode()}"},
+    )
+    with urllib.request.urlopen(metrics, timeout=10) as response:
+        assert "mlflow_http_request_total" in response.read().decode()

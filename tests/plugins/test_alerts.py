@@ -34,4 +34,4 @@ def test_legacy_alert_configuration_still_alerts(monkeypatch: pytest.MonkeyPatch
         json.dumps({"conn_type": "slackwebhook", "password": "http://127.0.0.1:9/hooks/T/B/X"}),
     )
     notifiers.FailureAlert().notify(context)
-    assert "could not deliver the failure alert" in warnings[-1] and "T/B/X" not in warnings[-1]
+    assert "could not deliver the alert" in warnings[-1] and "T/B/X" not in warnings[-1]

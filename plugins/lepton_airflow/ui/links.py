@@ -16,7 +16,12 @@ from lepton_airflow.settings import runtime_settings
 PIPELINE_TASK = "pipeline_start"
 # Steps whose result names an MLflow run of their own; the others link to the pipeline run.
 # Looking up a key a step's result never has would log "XCom not found" in every task log.
-OWN_RUN_STEPS = frozenset({"pipeline-start", "train", "evaluate"})
+OWN_RUN_STEPS = frozenset({"pipeline-start", "train", "evaluate", "score", "monitor"})
+
+# The training pipeline's steps: the others have no pipeline run to link to.
+PIPELINE_STEPS = frozenset(
+    {"ingest", "check-inputs", "validate", "register", "pipeline-end", *OWN_RUN_STEPS}
+)
 
 
 def _value(ti_key: Any, key: str, task_id: str | None = None) -> Any:
@@ -45,6 +50,8 @@ class MlflowRunLink(BaseOperatorLink):
         if getattr(operator, "step", None) in OWN_RUN_STEPS:
             run_id = _value(ti_key, "mlflow_run_id")
             experiment_id = _value(ti_key, "mlflow_experiment_id")
+        elif getattr(operator, "step", None) not in PIPELINE_STEPS:
+            return ""  # a DAG without a pipeline run (scoring, monitoring)
         if not run_id:
             run_id = _value(ti_key, "mlflow_run_id", PIPELINE_TASK)
             experiment_id = _value(ti_key, "mlflow_experiment_id", PIPELINE_TASK)

@@ -167,6 +167,7 @@ def page(
         champion=_champion_card(champion, info.tracking_uri),
         rows="".join(_version_row(v, info.model_name) for v in info.versions),
         rollback=_rollback_form(info, champion, user.get_name()),
+        production=_production_card(info.model_name),
         history="".join(_history_item(h) for h in reversed(info.promotion_history))
         or "<li>No promotions yet.</li>",
     )
@@ -233,6 +234,39 @@ def _rollback_form(info: ModelInfo, champion: VersionInfo | None, user_name: str
     )
 
 
+def _production_card(model_name: str) -> str:
+    """The last monitoring run: drift and feedback checks against their thresholds."""
+    from lepton_tasks.errors import LeptonError
+    from lepton_tasks.predictions import latest_monitoring
+
+    try:
+        last = latest_monitoring(model_name)
+    except LeptonError as exc:  # the page still shows the registry
+        return f'<section class="card"><h2>Production</h2><p>{e(exc.one_line())}</p></section>'
+    if last is None:
+        return (
+            '<section class="card" id="production"><h2>Production</h2><p class="muted">Not '
+            "monitored yet: the lepton_monitoring DAG compares scoring and serving with the "
+            "champion's training data.</p></section>"
+        )
+    state = "ALERT" if last["alert"] else "no drift"
+    rows = (
+        "".join(
+            f"<tr><td>{e(c['name'])}</td><td>{c['value']:.4g}</td><td>{c['threshold']:g}</td>"
+            f"<td>{'alert' if c['alert'] else 'ok'}</td></tr>"
+            for c in last["checks"]
+        )
+        or '<tr><td colspan="4" class="muted">not enough production data to judge</td></tr>'
+    )
+    return (
+        f'<section class="card {"alert" if last["alert"] else "ok"}" id="production">'
+        f'<h2>Production: <span id="drift-state">{state}</span></h2>'
+        f"<p>Checked {e(last['at'])} for v{e(last['version'])}, {last['examples']} production "
+        "examples.</p><table><thead><tr><th>Check</th><th>Value</th><th>Threshold</th>"
+        f"<th>State</th></tr></thead><tbody>{rows}</tbody></table></section>"
+    )
+
+
 def _history_item(entry: dict[str, Any]) -> str:
     previous = entry.get("previous")
     was = f"was v{e(previous)}" if previous else "first champion"
@@ -260,6 +294,7 @@ form{{display:flex;gap:.75rem;align-items:center;flex-wrap:wrap}}
 input,select{{padding:.3rem .5rem;border:1px solid #cbd5e0;border-radius:4px;margin-left:.35rem}}
 input[name=reason]{{width:22rem}}
 button{{background:#2b6cb0;color:#fff;border:0;border-radius:4px;padding:.4rem .9rem;cursor:pointer}}
+.alert{{border-left:4px solid #e53e3e}} .ok{{border-left:4px solid #38a169}}
 .notice{{background:#c6f6d5;border:1px solid #9ae6b4;border-radius:6px;padding:.6rem 1rem}}
 ul{{margin:0;padding-left:1.2rem}} li{{margin:.2rem 0}}
 </style></head><body>
@@ -270,6 +305,7 @@ ul{{margin:0;padding-left:1.2rem}} li{{margin:.2rem 0}}
 <section class="card"><h2>Versions</h2><table><thead><tr><th>Version</th><th>Aliases</th>
 <th>Test metrics</th><th>Classes</th><th>Data snapshot</th><th>DAG run</th><th>Decision</th><th>Registered</th>
 </tr></thead><tbody>{rows}</tbody></table></section>
+{production}
 <section class="card"><h2>Roll champion back</h2>{rollback}</section>
 <section class="card"><h2>Promotion history</h2><ul id="history">{history}</ul></section>
 <script>

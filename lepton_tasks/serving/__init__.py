@@ -1,0 +1,1 @@
+"""Online serving: the champion over HTTP, following its alias, with Prometheus metrics."""
