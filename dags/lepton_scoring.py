@@ -42,10 +42,9 @@ scoring_inbox = Asset(
     ],
 )
 predictions_root = settings.predictions_root
-predictions = Asset(
-    name="lepton_predictions",
-    uri=predictions_root if "://" in predictions_root else f"file://{predictions_root}",
-)
+# Named, not located: the folder is configuration, and an asset's URI is its identity (a
+# moved LEPTON_PREDICTIONS_URI must not make it another asset). Each event's run says where.
+predictions = Asset(name="lepton_predictions")
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
 # One folder per run; a run id holds ':' and '+', which object stores and shells dislike.
 RUN_FOLDER = "{{ run_id | replace(':', '') | replace('+', '') }}"

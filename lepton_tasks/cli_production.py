@@ -41,7 +41,8 @@ def score(
         typer.Option(
             "--input",
             help="What to score: any dataset ingest reads (labels optional), or a folder of "
-            "batches [default: the scoring inbox, LEPTON_SCORING_INBOX_URI].",
+            "batches [default: the scoring inbox, LEPTON_SCORING_INBOX_URI, whose batches move "
+            "to <inbox>/_scored/ once scored; any other input is only read].",
         ),
     ] = None,
     output: Annotated[
@@ -51,9 +52,15 @@ def score(
             "<LEPTON_PREDICTIONS_URI>/<model>/<UTC time>]."
         ),
     ] = None,
-    fmt: Annotated[str, typer.Option("--format", help="As ingest's --format.")] = "auto",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="auto|idx|npz|parquet|csv|tfrecord|images (auto: from the URI)."
+        ),
+    ] = "auto",
     run_dir: Annotated[
-        str | None, typer.Option(help="Where the result is kept [default: the output folder].")
+        str | None,
+        typer.Option(help="Where the result is kept [default: <output folder>/_lepton]."),
     ] = None,
 ) -> None:
     """Score new data with the champion (pinned by version) into Parquet predictions."""
@@ -101,8 +108,9 @@ def monitor(
     metrics_urls: Annotated[
         str | None,
         typer.Option(
-            help="Serving /metrics URLs whose counters count as production: a JSON list or "
-            "comma-separated."
+            help="Serving /metrics URLs (http/https) whose counters for the champion's version "
+            "count as production: a JSON list or comma-separated [default: "
+            "LEPTON_SERVING_METRICS_URLS]."
         ),
     ] = None,
     feedback: Annotated[
@@ -117,7 +125,8 @@ def monitor(
         typer.Option(help="Scoring runs of the last N hours [LEPTON_DRIFT_WINDOW_HOURS]."),
     ] = None,
     run_dir: Annotated[
-        str | None, typer.Option(help="Where the result is kept [default: <runs>/_monitoring].")
+        str | None,
+        typer.Option(help="Where the result is kept [default: <runs>/_monitoring/<UTC time>]."),
     ] = None,
 ) -> None:
     """Compare production inputs and predictions with the champion's training data; alert
@@ -127,7 +136,7 @@ def monitor(
     def action() -> StepResult:
         return monitor_step(
             _model_name(model_name),
-            metrics_urls=_url_list(metrics_urls),
+            metrics_urls=_url_list(metrics_urls) if metrics_urls is not None else None,
             feedback=feedback,
             window_hours=window_hours,
             run_dir=run_dir,

@@ -46,8 +46,6 @@ def pin_champion(model_name: str) -> PinnedModel:
     Raises:
         RegistryError: the model has no champion yet.
     """
-    from lepton_tasks.models import load_registered_keras
-
     tracking.setup(production_experiment())
     version = registry.champion_version(model_name)
     if version is None:
@@ -55,11 +53,25 @@ def pin_champion(model_name: str) -> PinnedModel:
             f"'{model_name}' has no champion to score with; train one first (make demo)",
             where=redact(tracking.tracking_uri()),
         )
-    with tracking.tracking_errors("loading the champion model"):
+    return pin_version(model_name, version)
+
+
+def pin_version(model_name: str, version: Any) -> PinnedModel:
+    """A registered version (MLflow's ModelVersion), loaded by its number."""
+    from lepton_tasks.models import load_registered_keras
+
+    with tracking.tracking_errors("loading the model"):
         model = load_registered_keras(f"models:/{model_name}/{version.version}")
     classes = registry.class_names_of(version) or [str(i) for i in range(model.output_shape[-1])]
     log.info("scoring with %s v%s (%d classes)", model_name, version.version, len(classes))
     return PinnedModel(model_name, str(version.version), classes, model)
+
+
+def fits(image_shape: Any, input_shape: tuple[int, ...]) -> bool:
+    """Whether images of `image_shape` are what a model of `input_shape` takes (a grey image
+    may come without its channel axis)."""
+    shape = tuple(image_shape)
+    return shape == input_shape or (*shape, 1) == input_shape
 
 
 def latest_monitoring(model_name: str) -> dict[str, Any] | None:
@@ -88,11 +100,33 @@ def latest_monitoring(model_name: str) -> dict[str, Any] | None:
         ),
         "version": run.data.tags.get("lepton.model_version"),
         "alert": run.data.tags.get("lepton.alert") == "true",
-        "checks": json.loads(run.data.tags.get("lepton.checks", "[]")),
+        "checks": _checks(run.data.tags.get("lepton.checks", "[]")),
+        "reasons": [
+            c["detail"] for c in _checks(run.data.tags.get("lepton.checks", "[]")) if c["alert"]
+        ],
         "examples": int(run.data.metrics.get("production_examples", 0)),
         "run_id": run.info.run_id,
         "experiment_id": run.info.experiment_id,
     }
+
+
+def _checks(tag: str) -> list[dict[str, Any]]:
+    """The checks a monitoring run recorded; a tag someone edited into nonsense is skipped."""
+    try:
+        found = json.loads(tag)
+        return [
+            {
+                "name": str(c["name"]),
+                "value": float(c["value"]),
+                "threshold": float(c["threshold"]),
+                "alert": bool(c["alert"]),
+                "detail": str(c.get("detail", "")),
+            }
+            for c in found
+        ]
+    except (ValueError, TypeError, KeyError):
+        log.warning("unreadable lepton.checks tag: %.80s", tag)
+        return []
 
 
 def quoted_name(model_name: str) -> str:

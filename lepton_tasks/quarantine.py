@@ -25,7 +25,7 @@ def quarantine(batch_uri: str, error: LeptonError, root: str, *, move: bool) -> 
     outside the batch is read or written through it.
     """
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-    _refuse_linked_root(root)
+    refuse_linked_folder(root)
     # unique: two batches named alike in different folders (day-1/data, day-2/data) stay apart
     target = storage.join(root, f"{stamp}-{storage.basename(batch_uri)}-{uuid.uuid4().hex[:6]}")
     storage.makedirs(target)
@@ -51,11 +51,11 @@ def quarantine(batch_uri: str, error: LeptonError, root: str, *, move: bool) -> 
     return target
 
 
-def _refuse_linked_root(root: str) -> None:
-    """A quarantine root that is a link (a producer could plant one in the zone) could send
-    batches anywhere: refuse it."""
+def refuse_linked_folder(root: str) -> None:
+    """A folder Lepton moves batches into that is a link (a producer could plant one in the
+    zone) could send them anywhere: refuse it."""
     if storage.is_local(root) and os.path.islink(root.removeprefix("file://").rstrip("/")):
-        raise OSError(f"quarantine folder {root} is a symbolic link; refusing to write through it")
+        raise OSError(f"folder {root} is a symbolic link; refusing to write through it")
 
 
 def _local_set_aside(source: str, target: str, move: bool) -> None:

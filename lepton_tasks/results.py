@@ -179,9 +179,10 @@ class MonitorResult(StepResult):
     champion_version: str | None
     window_hours: float
     production_examples: int = 0
-    reference_examples: int = 0
     checks: list[DriftCheck] = Field(default_factory=list)
     alert: bool = False
+    # An alert the last check of this version did not raise: what is sent, what retrains.
+    new_alert: bool = False
     # One line: what crossed which threshold (empty when nothing did).
     reasons: list[str] = Field(default_factory=list)
     sources: list[str] = Field(default_factory=list)

@@ -90,6 +90,10 @@ class Settings(BaseSettings):
     drift_window_hours: float = Field(default=24.0, gt=0)
     drift_min_examples: int = Field(default=100, ge=1)
     drift_max_pixel_mean_shift: float = Field(default=15.0, ge=0.0, description="0-255 units.")
+    serving_metrics_urls: list[str] = Field(
+        default_factory=list,
+        description="Serving /metrics pages (http/https) whose counters the monitor reads.",
+    )
     drift_max_psi: float = Field(
         default=0.25, ge=0.0, description="Population stability index of the per-image mean pixel."
     )

@@ -841,20 +841,9 @@ def folder_batches(folder: str, as_of: datetime | None = None) -> list[Batch]:
     if _find_idx_pairs(folder):
         return idx_batches(folder)
     batches: list[Batch] = []
-    seen = _seen_from(folder)
-    for entry in dataset_entries(folder, as_of):
-        try:
-            found = _entry_batches(entry, folder, seen)
-        except InputDataError as exc:
-            exc.batch_uri = entry
-            raise
-        except READ_ERRORS as exc:
-            error = InputDataError(f"unreadable batch: {type(exc).__name__}: {exc}", where=entry)
-            error.batch_uri = entry
-            raise error from exc
-        for batch in found:
-            batch.origin = entry
-            batch.name = _relative_name(batch.uri, folder)
+    for _, found in zone_entries(folder, as_of):
+        if isinstance(found, InputDataError):
+            raise found
         batches.extend(found)
     if not batches:
         landed = f"landed by {as_of:%Y-%m-%dT%H:%M}Z " if as_of else ""
@@ -864,6 +853,42 @@ def folder_batches(folder: str, as_of: datetime | None = None) -> list[Batch]:
             where=folder,
         )
     return batches
+
+
+def zone_entries(
+    zone: str, as_of: datetime | None = None
+) -> Iterator[tuple[str, list[Batch] | InputDataError]]:
+    """Each entry of a zone with its batches (origin: the entry; names: paths in the zone),
+    or the InputDataError that reading it raised (`batch_uri`: the entry), entry by entry.
+
+    IDX files at the top of a zone are refused: a zone's batches are entries it can move
+    whole, and an IDX pair is two files (put them in a batch folder).
+    """
+    if _find_idx_pairs(zone):
+        yield (
+            zone,
+            InputDataError(
+                "IDX files at the top of the folder: put each pair in a batch folder", where=zone
+            ),
+        )
+        return
+    seen = _seen_from(zone)
+    for entry in dataset_entries(zone, as_of):
+        try:
+            found = _entry_batches(entry, zone, seen)
+        except InputDataError as exc:
+            exc.batch_uri = entry
+            yield entry, exc
+            continue
+        except READ_ERRORS as exc:
+            error = InputDataError(f"unreadable batch: {type(exc).__name__}: {exc}", where=entry)
+            error.batch_uri = entry
+            yield entry, error
+            continue
+        for batch in found:
+            batch.origin = entry
+            batch.name = _relative_name(batch.uri, zone)
+        yield entry, found
 
 
 def _entry_batches(entry: str, zone: str, seen: set[str]) -> list[Batch]:

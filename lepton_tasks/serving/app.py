@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 # Images in one request at most: a bound on memory that a client cannot lift.
 MAX_IMAGES = 4096
+CONCURRENT_PREDICTIONS = 4
 JSON_KEYS = ("inputs", "instances")
 
 
@@ -74,7 +75,7 @@ def images_from(values: Any, shape: tuple[int, ...]) -> np.ndarray:
     """A float32 batch of `shape` images from nested lists; raises BadRequest saying why not."""
     try:
         images = np.asarray(values, dtype=np.float32)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise BadRequest(
             "inputs must be a rectangular array of numbers (images of equal size)", "not_numbers"
         ) from None
@@ -113,12 +114,20 @@ def _as_batch(images: np.ndarray, shape: tuple[int, ...]) -> np.ndarray | None:
     return None
 
 
-def json_images(body: bytes, shape: tuple[int, ...]) -> np.ndarray:
-    """The images of an MLflow JSON request (`inputs` or `instances`)."""
+def parse_json(body: bytes) -> Any:
+    """The body as JSON, or BadRequest: malformed, nested too deep, numbers too long."""
     try:
-        payload = json.loads(body)
+        return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadRequest(f"the body is not JSON: {exc}", "not_json") from None
+    except (ValueError, RecursionError) as exc:  # 10**5000 as text, [[[[... a thousand deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise BadRequest(f"the body is not usable JSON: {reason}", "not_json") from None
+
+
+def json_images(body: bytes, shape: tuple[int, ...]) -> np.ndarray:
+    """The images of an MLflow JSON request (`inputs` or `instances`)."""
+    payload = parse_json(body)
     key = next((k for k in JSON_KEYS if isinstance(payload, dict) and k in payload), None)
     if key is None:
         found = sorted(payload)[:5] if isinstance(payload, dict) else type(payload).__name__
@@ -129,15 +138,35 @@ def json_images(body: bytes, shape: tuple[int, ...]) -> np.ndarray:
     return images_from(payload[key], shape)
 
 
+class _ToScoringApp:
+    """An ASGI endpoint handing the request to MLflow's scoring app of the version served."""
+
+    def __init__(self, app: ServingApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        from starlette.responses import PlainTextResponse
+
+        loaded = self.app.current
+        if loaded is None:
+            response = PlainTextResponse("no champion loaded yet\n", status_code=503)
+            await response(scope, receive, send)
+            return
+        await loaded.scoring_app(scope, receive, send)
+
+
 class ServingApp:
     """The ASGI app: routes of its own, and MLflow's app for the rest."""
 
     def __init__(self, model_name: str, max_body_bytes: int) -> None:
         from starlette.applications import Starlette
-        from starlette.routing import Mount, Route
+        from starlette.routing import Route
 
         self.model_name = model_name
         self.max_body_bytes = max_body_bytes
+        # requests parsed and predicted at once; the others wait their turn (memory: this
+        # many bodies in flight, whatever the clients do)
+        self.busy = asyncio.Semaphore(CONCURRENT_PREDICTIONS)
         self.metrics = ServingMetrics(model_name)
         self.current: LoadedModel | None = None
         self.app = Starlette(
@@ -150,13 +179,16 @@ class ServingApp:
                 ),
                 Route("/v2/health/live", self._timed("v2_live", self.live)),
                 Route("/v2/health/ready", self._timed("v2_ready", self.ping)),
+                Route("/v2", self._timed("v2_server", self.v2_server)),
                 Route("/v2/models/{model}", self._timed("v2_metadata", self.v2_metadata)),
+                Route("/v2/models/{model}/ready", self._timed("v2_model_ready", self.v2_ready)),
                 Route(
                     "/v2/models/{model}/infer",
                     self._timed("v2_infer", self.v2_infer),
                     methods=["POST"],
                 ),
-                Mount("/", app=self._delegate),
+                # MLflow's own scoring app answers what it adds (its version); nothing else
+                Route("/version", _ToScoringApp(self)),
             ]
         )
 
@@ -212,16 +244,25 @@ class ServingApp:
         try:
             if loaded is None:
                 raise BadRequest("no champion loaded yet", "not_ready", status=503)
-            body = await self._body(request)
             content_type = request.headers.get("content-type", "")
             if content_type.split(";")[0].strip().lower() != "application/json":
-                return await self._mlflow_invocations(loaded, body, content_type)
-            images = json_images(body, loaded.input_shape)
-            probabilities = await asyncio.to_thread(self._predict, loaded, images)
+                raise BadRequest(
+                    f"content type {content_type or 'none'!r}: this model takes images as JSON "
+                    'tensors ({"inputs": [...]}, application/json); CSV and Parquet fit '
+                    "tabular models only",
+                    "content_type",
+                    status=415,
+                )
+            body = await self._body(request)
+            async with self.busy:  # parsing and predicting hold the CPU: bounded, off the loop
+                probabilities = await asyncio.to_thread(self._json_predict, loaded, body)
         except BadRequest as bad:
             return self._refuse(bad)
         payload = json.dumps({"predictions": probabilities.tolist()})
         return self._answer(loaded, payload)
+
+    def _json_predict(self, loaded: LoadedModel, body: bytes) -> np.ndarray:
+        return self._predict(loaded, json_images(body, loaded.input_shape))
 
     def _predict(self, loaded: LoadedModel, images: np.ndarray) -> np.ndarray:
         from mlflow.exceptions import MlflowException
@@ -232,22 +273,6 @@ class ServingApp:
             raise BadRequest(str(exc.message).splitlines()[0], "signature") from None
         self.metrics.served(loaded.version, images, probabilities, loaded.class_names)
         return probabilities
-
-    async def _mlflow_invocations(self, loaded: LoadedModel, body: bytes, content_type: str) -> Any:
-        """CSV and Parquet bodies: MLflow's own parsing, schema enforcement and encoding."""
-        from mlflow.exceptions import MlflowException
-        from mlflow.pyfunc import scoring_server
-
-        schema = loaded.pyfunc.metadata.get_input_schema()
-        try:
-            result = await asyncio.to_thread(
-                scoring_server.invocations, body, content_type, loaded.pyfunc, schema
-            )
-        except MlflowException as exc:
-            raise BadRequest(str(exc.message).splitlines()[0], "mlflow_input") from None
-        if result.status != 200:
-            raise BadRequest(str(result.response).splitlines()[0], "content_type", result.status)
-        return self._answer(loaded, result.response)
 
     def _answer(self, loaded: LoadedModel, payload: str) -> Any:
         from starlette.responses import Response
@@ -286,6 +311,16 @@ class ServingApp:
             )
             return
         await loaded.scoring_app(scope, receive, send)
+
+    async def v2_server(self, request: Any) -> Any:
+        from lepton_tasks.serving.inference_v2 import server_metadata
+
+        return server_metadata()
+
+    async def v2_ready(self, request: Any) -> Any:
+        from lepton_tasks.serving.inference_v2 import model_ready
+
+        return model_ready(self, request)
 
     async def v2_metadata(self, request: Any) -> Any:
         from lepton_tasks.serving.inference_v2 import metadata

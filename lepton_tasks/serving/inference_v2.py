@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import math
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from lepton_tasks.serving.app import BadRequest, images_from
+from lepton_tasks.serving.app import BadRequest, images_from, parse_json
 
 if TYPE_CHECKING:
     from lepton_tasks.serving.app import ServingApp
 
+MAX_DIMENSION = 1 << 24
 DATATYPES = {"FP32", "FP64", "FP16", "UINT8", "UINT16", "INT8", "INT16", "INT32", "INT64"}
 
 
@@ -20,6 +21,22 @@ def _not_found(app: ServingApp, name: str) -> Any:
     from starlette.responses import JSONResponse
 
     return JSONResponse({"error": f"no model '{name}' here; this serves '{app.model_name}'"}, 404)
+
+
+def server_metadata() -> Any:
+    from starlette.responses import JSONResponse
+
+    from lepton_tasks import __version__
+
+    return JSONResponse({"name": "lepton", "version": __version__, "extensions": []})
+
+
+def model_ready(app: ServingApp, request: Any) -> Any:
+    from starlette.responses import Response
+
+    if request.path_params["model"] != app.model_name:
+        return _not_found(app, request.path_params["model"])
+    return Response(status_code=200 if app.current is not None else 503)
 
 
 def metadata(app: ServingApp, request: Any) -> Any:
@@ -58,15 +75,22 @@ def _tensor(payload: Any, shape: tuple[int, ...]) -> np.ndarray:
             f"datatype {tensor.get('datatype')!r}; use one of FP32, UINT8...", "datatype"
         )
     declared = tensor.get("shape")
-    if not isinstance(declared, list) or not all(isinstance(d, int) and d >= 0 for d in declared):
+    if not isinstance(declared, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_DIMENSION for d in declared
+    ):
         raise BadRequest("'shape' must be a list of sizes", "shape")
     try:
         flat = np.asarray(tensor.get("data"), dtype=np.float32).reshape(-1)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError, RecursionError):
         raise BadRequest("'data' must be an array of numbers", "not_numbers") from None
-    if int(np.prod(declared)) != flat.size:
+    if math.prod(declared) != flat.size:  # Python ints: no overflow to a matching 0
         raise BadRequest(f"'shape' {declared} does not hold the {flat.size} values sent", "shape")
     return images_from(flat.reshape(declared), shape)
+
+
+def _infer(app: ServingApp, loaded: Any, body: bytes) -> tuple[Any, np.ndarray]:
+    payload = parse_json(body)
+    return payload, app._predict(loaded, _tensor(payload, loaded.input_shape))
 
 
 async def infer(app: ServingApp, request: Any) -> Any:
@@ -78,12 +102,9 @@ async def infer(app: ServingApp, request: Any) -> Any:
     try:
         if loaded is None:
             raise BadRequest("no champion loaded yet", "not_ready", status=503)
-        try:
-            payload = json.loads(await app._body(request))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(f"the body is not JSON: {exc}", "not_json") from None
-        images = _tensor(payload, loaded.input_shape)
-        probabilities = await asyncio.to_thread(app._predict, loaded, images)
+        body = await app._body(request)
+        async with app.busy:
+            payload, probabilities = await asyncio.to_thread(_infer, app, loaded, body)
     except BadRequest as bad:
         app.metrics.rejected.labels(bad.reason).inc()
         return JSONResponse({"error": bad.message}, status_code=bad.status)

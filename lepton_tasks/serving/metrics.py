@@ -39,7 +39,9 @@ class ServingMetrics:
             buckets=LATENCY_BUCKETS,
         )
         self.rejected = counter(
-            "lepton_serving_rejected_requests", "Bad requests refused (4xx), by reason.", ["reason"]
+            "lepton_serving_rejected_requests",
+            "Requests refused, by reason: bad input (4xx), or no champion yet (503).",
+            ["reason"],
         )
         self.version = gauge(
             "lepton_serving_model_version",
@@ -56,12 +58,14 @@ class ServingMetrics:
         )
         self.images = counter("lepton_serving_images", "Images predicted.", ["model", "version"])
         self.predicted = counter(
-            "lepton_serving_predicted_class", "Predictions by class.", ["model", "class_name"]
+            "lepton_serving_predicted_class",
+            "Predictions by version and class.",
+            ["model", "version", "class_name"],
         )
         self.pixel_mean = histogram(
             "lepton_serving_input_pixel_mean",
-            "Each input image's mean pixel (0-255).",
-            ["model"],
+            "Each input image's mean pixel (0-255), by the version that saw it.",
+            ["model", "version"],
             buckets=PIXEL_MEAN_EDGES[1:],
         )
         self.version.labels(model_name).set(0)
@@ -73,8 +77,8 @@ class ServingMetrics:
         counts = np.bincount(probabilities.argmax(axis=1), minlength=len(names))
         for name, count in zip(names, counts, strict=False):
             if count:
-                self.predicted.labels(self.model, name).inc(int(count))
-        histogram = self.pixel_mean.labels(self.model)
+                self.predicted.labels(self.model, version, name).inc(int(count))
+        histogram = self.pixel_mean.labels(self.model, version)
         for mean in image_means(images):
             histogram.observe(float(mean))
 

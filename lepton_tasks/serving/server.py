@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 
+from lepton_tasks.redact import redact
 from lepton_tasks.serving.app import ServingApp, load_version
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,11 @@ class AliasFollower(threading.Thread):
         except LeptonError as exc:
             log.warning("could not look up the champion: %s", exc.one_line())
             return False
+        except Exception as exc:  # anything else: the thread must live on, and say so
+            log.warning(
+                "could not look up the champion: %s", redact(f"{type(exc).__name__}: {exc}")
+            )
+            return False
         current = self.app.current
         if version is None or (current is not None and current.version == version):
             return False
@@ -52,7 +58,11 @@ class AliasFollower(threading.Thread):
         except Exception as exc:  # any failure to load leaves the old version serving
             self.failed[version] = time.monotonic()
             self.app.metrics.load_failures.labels(self.app.model_name).inc()
-            log.error("v%s did not load, still serving the old one: %s", version, exc)
+            log.error(
+                "v%s did not load, still serving the old one: %s",
+                version,
+                redact(f"{type(exc).__name__}: {exc}"),
+            )
             return False
         self.app.swap(loaded)
         return True
@@ -73,5 +83,9 @@ def run_server(model_name: str, host: str, port: int, poll_s: float | None) -> N
         log.warning("%s has no champion yet: /ping answers 503 until one is promoted", model_name)
     follower.start()
     log.info("serving models:/%s@champion on http://%s:%d", model_name, host, port)
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    # limit_concurrency: past this many connections and requests at once, a 503 at once
+    # rather than one more body held in memory
+    uvicorn.run(
+        app, host=host, port=port, log_level="warning", access_log=False, limit_concurrency=256
+    )
     follower.stopped.set()

@@ -22,9 +22,10 @@ import numpy as np
 from lepton_tasks import registry, storage, tracking
 from lepton_tasks.data import readers
 from lepton_tasks.data.snapshot import _key
-from lepton_tasks.errors import InputDataError, TrackingUnavailableError
+from lepton_tasks.errors import InputDataError, TrackingUnavailableError, UsageError
 from lepton_tasks.predictions import (
-    pin_champion,
+    fits,
+    pin_version,
     predict_probabilities,
     production_experiment,
     quoted_name,
@@ -36,6 +37,7 @@ from lepton_tasks.production_stats import (
     population_stability,
     reference_stats,
 )
+from lepton_tasks.redact import redact
 from lepton_tasks.results import DriftCheck, MonitorResult, records_result
 from lepton_tasks.settings import Settings, get_settings
 
@@ -44,6 +46,7 @@ log = logging.getLogger(__name__)
 # MAX_FEEDBACK are scored per check (a sample of a large landing, not all of it).
 MIN_FEEDBACK = 20
 MAX_FEEDBACK = 20_000
+MAX_METRICS_BYTES = 16 * 1024**2
 
 
 @records_result
@@ -83,28 +86,66 @@ def monitor(
             run_dir=run_dir, model_name=model_name, champion_version=None, window_hours=window
         )
     classes = registry.class_names_of(champion) or []
-    reference = _reference(champion, len(classes))
-    production, sources = _production(model_name, str(champion.version), classes, window)
-    for url in metrics_urls or []:
-        production.merge(server_stats(url, model_name, classes))
-        sources.append(url)
-    production.merge(_feedback(model_name, champion, feedback, sources, len(classes)))
-    checks = drift_checks(reference, production, settings)
+    production, sources = _production(model_name, champion, classes, window, metrics_urls, feedback)
+    checks = drift_checks(_reference(champion, len(classes)), production, settings)
+    alert = any(check.alert for check in checks)
     result = MonitorResult(
         run_dir=run_dir,
         model_name=model_name,
         champion_version=str(champion.version),
         window_hours=window,
         production_examples=production.count,
-        reference_examples=reference.count,
         checks=checks,
-        alert=any(check.alert for check in checks),
+        alert=alert,
+        new_alert=alert and not _was_alerting(model_name, str(champion.version)),
         reasons=[check.detail for check in checks if check.alert],
         sources=sources,
     )
-    result.mlflow_run_id, result.mlflow_experiment_id = _log_run(result, production)
+    result.mlflow_run_id, result.mlflow_experiment_id = _log_run(result)
     log.info("%s", result.summary())
     return result
+
+
+def _production(
+    model_name: str,
+    champion: Any,
+    classes: list[str],
+    window: float,
+    metrics_urls: list[str] | None,
+    feedback: str | None,
+) -> tuple[ImageStats, list[str]]:
+    """Scoring runs, serving counters and feedback, summed for the champion's version."""
+    version = str(champion.version)
+    production, sources = _scoring_runs(model_name, version, classes, window)
+    urls = get_settings().serving_metrics_urls if metrics_urls is None else metrics_urls
+    for url in urls:
+        production.merge(server_stats(url, model_name, version, classes))
+        sources.append(redact(url))
+    production.merge(_feedback(model_name, champion, feedback, sources, len(classes)))
+    return production, sources
+
+
+def _was_alerting(model_name: str, version: str) -> bool:
+    """Whether the last check of this version alerted already.
+
+    An alert is sent (and a retrain triggered) once per episode, not every hour it lasts.
+    """
+    import mlflow
+
+    query = (
+        f"tags.`lepton.step` = 'monitor' and tags.`lepton.model_name` = '{quoted_name(model_name)}'"
+        f" and tags.`lepton.model_version` = '{version}'"
+    )
+    with tracking.tracking_errors("reading the last monitoring run"):
+        experiment = mlflow.get_experiment_by_name(production_experiment())
+        last = mlflow.search_runs(
+            [experiment.experiment_id],
+            query,
+            max_results=1,
+            order_by=["attributes.start_time DESC"],
+            output_format="list",
+        )
+    return bool(last) and last[0].data.tags.get("lepton.alert") == "true"
 
 
 def _reference(champion: Any, classes: int) -> ImageStats:
@@ -118,7 +159,7 @@ def _reference(champion: Any, classes: int) -> ImageStats:
     return reference_stats(uri, classes)
 
 
-def _production(
+def _scoring_runs(
     model_name: str, version: str, classes: list[str], window_hours: float
 ) -> tuple[ImageStats, list[str]]:
     """The scoring runs of this champion version in the window, summed."""
@@ -141,18 +182,16 @@ def _production(
     return stats, [f"runs:/{run.info.run_id}" for run in runs]
 
 
-def server_stats(url: str, model_name: str, classes: list[str]) -> ImageStats:
-    """A serving `/metrics` page's counters (since the server started) as production stats."""
-    from lepton_tasks.serving.metrics import parse_exposition
-
-    try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            samples = parse_exposition(response.read().decode())
-    except OSError as exc:
-        raise TrackingUnavailableError(f"cannot read serving metrics: {exc}", where=url) from exc
+def server_stats(url: str, model_name: str, version: str, classes: list[str]) -> ImageStats:
+    """A serving `/metrics` page's counters for `version` (since the server started)."""
+    samples = _read_metrics(url)
     stats = ImageStats(len(classes))
     mine = {
-        name: [(labels, value) for labels, value in values if labels.get("model") == model_name]
+        name: [
+            (labels, value)
+            for labels, value in values
+            if labels.get("model") == model_name and labels.get("version") == version
+        ]
         for name, values in samples.items()
     }
     for labels, value in mine.get("lepton_serving_predicted_class_total", []):
@@ -170,6 +209,33 @@ def server_stats(url: str, model_name: str, classes: list[str]) -> ImageStats:
     return stats
 
 
+def _read_metrics(url: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text from an http(s) URL, at most MAX_METRICS_BYTES.
+
+    What it holds is never echoed (the URL is an operator's, the answer may be anything).
+    """
+    from lepton_tasks.serving.metrics import parse_exposition
+
+    where = redact(url)
+    if not url.lower().startswith(("http://", "https://")):
+        raise UsageError("a serving metrics URL must be http:// or https://", where=where)
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text = response.read(MAX_METRICS_BYTES + 1)
+    except OSError as exc:
+        raise TrackingUnavailableError(
+            f"cannot read serving metrics: {type(exc).__name__}", where=where
+        ) from exc
+    if len(text) > MAX_METRICS_BYTES:
+        raise InputDataError(
+            f"the metrics page is larger than {MAX_METRICS_BYTES:,} bytes", where=where
+        )
+    try:
+        return parse_exposition(text.decode(errors="replace"))
+    except ValueError:
+        raise InputDataError("not a Prometheus metrics page", where=where) from None
+
+
 def _feedback(
     model_name: str, champion: Any, uri: str | None, sources: list[str], classes: int
 ) -> ImageStats:
@@ -183,23 +249,30 @@ def _feedback(
     batches = _feedback_batches(champion, uri)
     if not batches:
         return stats
-    pinned = pin_champion(model_name)
-    names = np.asarray(pinned.class_names, dtype=object)
+    pinned = pin_version(model_name, champion)  # the version checked, not whatever is now
     for batch in batches:
         if stats.labelled >= MAX_FEEDBACK:
             break
-        try:
-            for images, labels in batch.read_chunks(MAX_FEEDBACK - stats.labelled):
-                predicted = predict_probabilities(pinned, images).argmax(axis=1)
-                truth = np.asarray([_key(label) for label in labels], dtype=object)
-                stats.labelled += len(labels)
-                stats.correct += int((names[predicted] == truth).sum())
-                break  # one chunk: MAX_FEEDBACK bounds the work per batch too
-        except (InputDataError, ValueError) as exc:
-            log.warning("feedback %s left out: %s", batch.origin or batch.uri, exc)
+        where = batch.origin or batch.uri
+        if not fits(batch.image_shape, pinned.input_shape):
+            log.warning("feedback %s left out: images of shape %s", where, batch.image_shape)
             continue
-        sources.append(batch.origin or batch.uri)
+        try:
+            _count_hits(batch, pinned, stats)
+        except (InputDataError, *readers.READ_ERRORS) as exc:
+            log.warning("feedback %s left out: %s", where, type(exc).__name__)
+            continue
+        sources.append(where)
     return stats
+
+
+def _count_hits(batch: readers.Batch, pinned: Any, stats: ImageStats) -> None:
+    names = np.asarray(pinned.class_names, dtype=object)
+    images, labels = next(batch.read_chunks(MAX_FEEDBACK - stats.labelled))  # one chunk
+    predicted = predict_probabilities(pinned, images).argmax(axis=1)
+    truth = np.asarray([_key(label) for label in labels], dtype=object)
+    stats.labelled += len(labels)
+    stats.correct += int((names[predicted] == truth).sum())
 
 
 def _feedback_batches(champion: Any, uri: str | None) -> list[readers.Batch]:
@@ -215,8 +288,8 @@ def _feedback_batches(champion: Any, uri: str | None) -> list[readers.Batch]:
             continue
         try:
             batches += readers.open_source(entry)
-        except InputDataError as exc:
-            log.warning("feedback %s left out: %s", entry, exc.one_line())
+        except (InputDataError, *readers.READ_ERRORS) as exc:
+            log.warning("feedback %s left out: %s", entry, type(exc).__name__)
     return batches
 
 
@@ -273,15 +346,19 @@ def _check(name: str, value: float, threshold: float, what: str) -> DriftCheck:
     )
 
 
-def _log_run(result: MonitorResult, production: ImageStats) -> tuple[str, str]:
+def _log_run(result: MonitorResult) -> tuple[str, str]:
     import mlflow
 
     tags = {
         "lepton.model_name": result.model_name,
         "lepton.model_version": result.champion_version or "",
         "lepton.alert": str(result.alert).lower(),
+        "lepton.new_alert": str(result.new_alert).lower(),
         "lepton.checks": json.dumps(
-            [c.model_dump(include={"name", "value", "threshold", "alert"}) for c in result.checks]
+            [
+                c.model_dump(include={"name", "value", "threshold", "alert", "detail"})
+                for c in result.checks
+            ]
         ),
         "mlflow.note.content": result.summary(),
     }

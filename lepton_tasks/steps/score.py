@@ -10,9 +10,12 @@ renamed when whole; batches of the scoring inbox then move to `<inbox>/_scored/`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
+import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import numpy as np
@@ -24,12 +27,13 @@ from lepton_tasks.errors import InputDataError, NothingToIngestError
 from lepton_tasks.predictions import (
     PinnedModel,
     PredictionsFile,
+    fits,
     pin_champion,
     predict_probabilities,
     production_experiment,
 )
 from lepton_tasks.production_stats import ImageStats
-from lepton_tasks.quarantine import same_location, set_aside
+from lepton_tasks.quarantine import refuse_linked_folder, same_location, set_aside
 from lepton_tasks.results import ScoredBatch, ScoreResult, records_result
 from lepton_tasks.settings import get_settings
 
@@ -106,17 +110,53 @@ def _score_all(
     total: ImageStats,
     scored: list[ScoredBatch],
 ) -> None:
-    """Each batch into `scored` and `total`; a bad one is quarantined and raised."""
-    single_file = output_uri.endswith(".parquet")
-    try:
-        for batch in _batches(input_uri, fmt):
-            target = output_uri if single_file else _batch_file(output_uri, batch.name)
-            stats = _score_batch(batch, pinned, target, chunk_size, append=bool(scored))
-            scored.append(_finish_batch(batch, target, stats, input_uri))
+    """Each entry's batches, then the entry out of the inbox.
+
+    A bad entry is quarantined and the others are still scored; its error is raised last.
+    """
+    single_file, names, errors = output_uri.endswith(".parquet"), set[str](), []
+    for entry, found in _entries(input_uri, fmt):
+        try:
+            if isinstance(found, InputDataError):
+                raise found
+            done = []
+            for batch in found:
+                target = output_uri if single_file else _batch_file(output_uri, batch.name, names)
+                append = single_file and bool(scored or done)
+                stats = _score_batch(batch, pinned, target, chunk_size, append=append)
+                done.append((batch, target, stats))
+        except InputDataError as exc:
+            exc.batch_uri = exc.batch_uri or entry
+            set_aside(exc, input_uri)
+            errors.append(exc)
+            continue
+        moved_to = _move_out(entry, input_uri)
+        for batch, target, stats in done:
+            scored.append(_scored(batch, target, stats, moved_to))
             total.merge(stats)
-    except InputDataError as exc:
-        set_aside(exc, input_uri)
-        raise
+    if errors:
+        others = f" ({len(errors) - 1} more bad batch(es) quarantined too)" if errors[1:] else ""
+        errors[0].message += others
+        raise errors[0]
+
+
+def _entries(
+    input_uri: str, fmt: str
+) -> Iterator[tuple[str, list[readers.Batch] | InputDataError]]:
+    """(entry, its batches or why they cannot be read).
+
+    Each batch of the scoring inbox on its own, so one bad batch holds up no other; any
+    other input as one entry.
+    """
+    with readers.labels_optional():
+        if same_location(input_uri, get_settings().scoring_inbox):
+            yield from readers.zone_entries(input_uri)
+            return
+        try:
+            found: list[readers.Batch] | InputDataError = readers.open_source(input_uri, fmt)
+        except InputDataError as exc:
+            found = exc
+        yield input_uri, found
 
 
 def _result_folder(output_uri: str, single_file: bool) -> str:
@@ -137,23 +177,32 @@ def _run_tags(pinned: PinnedModel, input_uri: str) -> dict[str, str]:
 
 
 def _check_something_to_score(input_uri: str) -> None:
-    """An empty inbox (or folder) is a skip, not a failure: nothing landed yet."""
+    """An empty inbox (or folder of batches) is a skip, not a failure: nothing landed yet."""
     inbox = get_settings().scoring_inbox
-    if not (same_location(input_uri, inbox) or storage.is_dir(input_uri)):
-        return
     with readers.labels_optional():
+        if not same_location(input_uri, inbox) and not (
+            storage.is_dir(input_uri) and readers.detect_format(input_uri) == "folder"
+        ):
+            return  # a dataset: reading it says whether it is good
+        if not storage.exists(input_uri):
+            raise NothingToIngestError(
+                "nothing to score: the inbox does not exist", where=input_uri
+            )
         if readers.is_empty_landing_zone(input_uri):
             raise NothingToIngestError("nothing to score: no batch has landed", where=input_uri)
 
 
-def _batches(input_uri: str, fmt: str) -> list[readers.Batch]:
-    with readers.labels_optional():
-        return readers.open_source(input_uri, fmt)
-
-
-def _batch_file(output_uri: str, batch_name: str) -> str:
+def _batch_file(output_uri: str, batch_name: str, used: set[str]) -> str:
+    """One file name per batch: its path in the inbox, flattened, unique, not too long."""
     safe = batch_name.replace("/", "__").replace("\\", "__").lstrip("._") or "batch"
-    return storage.join(output_uri, f"{safe}.parquet")
+    if len(safe) > 120:
+        safe = f"{safe[:100]}-{hashlib.sha256(batch_name.encode()).hexdigest()[:12]}"
+    unique, n = safe, 1
+    while unique in used:
+        n += 1
+        unique = f"{safe}-{n}"
+    used.add(unique)
+    return storage.join(output_uri, f"{unique}.parquet")
 
 
 def _score_batch(
@@ -168,32 +217,43 @@ def _score_batch(
     stats = ImageStats(len(pinned.class_names))
     where = batch.origin or batch.uri
     _check_fits(batch, pinned, where)
-    with PredictionsFile(target, pinned, append=append) as out:
+    with PredictionsFile(target, pinned, append=append) as out, readers.labels_optional():
         offset = 0
-        with readers.labels_optional():
-            try:
-                for images, labels in batch.read_chunks(chunk_size):
-                    probabilities = predict_probabilities(pinned, images)
-                    out.write(_keys(batch, offset, len(images)), probabilities, labels)
-                    predicted = probabilities.argmax(axis=1)
-                    stats.add(images, predicted)
-                    _count_correct(stats, labels, predicted, pinned.class_names)
-                    offset += len(images)
-            except InputDataError as exc:
-                exc.batch_uri = exc.batch_uri or batch.origin
-                raise
-            except readers.READ_ERRORS as exc:
-                error = InputDataError(
-                    f"unreadable batch: {type(exc).__name__}: {exc}", where=where
-                )
-                error.batch_uri = batch.origin
-                raise error from exc
+        for images, labels in _chunks(batch, chunk_size, where):
+            probabilities = predict_probabilities(pinned, images)
+            out.write(_keys(batch, offset, len(images)), probabilities, labels)
+            predicted = probabilities.argmax(axis=1)
+            stats.add(images, predicted)
+            _count_correct(stats, labels, predicted, pinned.class_names)
+            offset += len(images)
     return stats
+
+
+def _chunks(batch: readers.Batch, chunk_size: int, where: str) -> Iterator[readers.Chunk]:
+    """The batch's chunks.
+
+    What goes wrong reading them is the batch's fault (InputDataError, quarantined), unlike a
+    failure to predict or to write, which is not the data's.
+    """
+    chunks = batch.read_chunks(chunk_size)
+    while True:
+        try:
+            chunk = next(chunks)
+        except StopIteration:
+            return
+        except InputDataError as exc:
+            exc.batch_uri = exc.batch_uri or batch.origin
+            raise
+        except readers.READ_ERRORS as exc:
+            error = InputDataError(f"unreadable batch: {type(exc).__name__}: {exc}", where=where)
+            error.batch_uri = batch.origin
+            raise error from exc
+        yield chunk
 
 
 def _check_fits(batch: readers.Batch, pinned: PinnedModel, where: str) -> None:
     shape, wanted = tuple(batch.image_shape), pinned.input_shape
-    if shape != wanted and (*shape, 1) != wanted:
+    if not fits(shape, wanted):
         error = InputDataError(
             f"images are {'x'.join(map(str, shape))}, but {pinned.name} v{pinned.version} takes "
             f"{'x'.join(map(str, wanted))}",
@@ -204,9 +264,10 @@ def _check_fits(batch: readers.Batch, pinned: PinnedModel, where: str) -> None:
 
 
 def _keys(batch: readers.Batch, offset: int, count: int) -> list[str]:
-    """Each example's key: its file for image folders, else `<batch>:<index>`."""
+    """Each example's key: its file in an image folder (`cat/1.png`), else `<batch>:<index>`."""
     if batch.format == "images":
-        return [storage.basename(uri) for uri in batch.files[offset : offset + count]]
+        root = batch.uri.rstrip("/") + "/"
+        return [uri.removeprefix(root) for uri in batch.files[offset : offset + count]]
     return [f"{batch.name}:{i}" for i in range(offset, offset + count)]
 
 
@@ -222,17 +283,28 @@ def _count_correct(
     stats.correct += int((truth == guessed).sum())
 
 
-def _finish_batch(
-    batch: readers.Batch, target: str, stats: ImageStats, input_uri: str
-) -> ScoredBatch:
-    moved_to = None
+def _move_out(entry: str, input_uri: str) -> str | None:
+    """An inbox entry, scored whole, into `<inbox>/_scored/<time>-<random>/`; else nothing.
+
+    Refuses a `_scored` that is a link (a producer could plant one to send batches anywhere),
+    and the folder is new and unguessable, so nothing already there is written through.
+    """
     inbox = get_settings().scoring_inbox
-    if batch.origin and same_location(input_uri, inbox) and storage.exists(batch.origin):
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
-        folder = storage.join(inbox, SCORED_FOLDER, stamp)
-        storage.makedirs(folder)
-        moved_to = storage.join(folder, storage.basename(batch.origin))
-        storage.move(batch.origin, moved_to)
+    if not same_location(input_uri, inbox) or not storage.exists(entry):
+        return None
+    root = storage.join(inbox, SCORED_FOLDER)
+    refuse_linked_folder(root)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    folder = storage.join(root, f"{stamp}-{uuid.uuid4().hex[:8]}")
+    storage.makedirs(folder)
+    moved_to = storage.join(folder, storage.basename(entry))
+    storage.move(entry, moved_to)
+    return moved_to
+
+
+def _scored(
+    batch: readers.Batch, target: str, stats: ImageStats, moved_to: str | None
+) -> ScoredBatch:
     return ScoredBatch(
         name=batch.name,
         uri=batch.uri,

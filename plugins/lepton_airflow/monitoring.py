@@ -12,22 +12,25 @@ MONITOR_TASK = "monitor"
 TRAINING_DAG = "lepton_training"
 
 
-def _alerting(alert: bool, reasons: list[str] | None) -> bool:
-    if alert:
+def _alerting(alert: bool, new_alert: bool, reasons: list[str] | None) -> bool:
+    if alert and not new_alert:
+        log.info("still drifting, alerted already: %s", "; ".join(reasons or []))
+    elif alert:
         log.warning("drift alert: %s", "; ".join(reasons or []))
     else:
         log.info("no drift: nothing crossed its threshold")
-    return bool(alert)
+    return bool(new_alert)
 
 
 def drifted(monitor: Any) -> Any:
-    """Everything after it runs only when the monitor raised an alert."""
+    """Everything after it runs only when the monitor raised a new alert: once per episode
+    (until a check passes again, or the champion changes), not every hour it lasts."""
     from airflow.providers.standard.operators.python import ShortCircuitOperator
 
     return ShortCircuitOperator(
         task_id="drifted",
         python_callable=_alerting,
-        op_args=[monitor.output["alert"], monitor.output["reasons"]],
+        op_args=[monitor.output["alert"], monitor.output["new_alert"], monitor.output["reasons"]],
     )
 
 

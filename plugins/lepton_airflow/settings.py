@@ -37,9 +37,6 @@ class RuntimeSettings(Settings):
         default=False,
         description="A monitoring alert triggers lepton_training (the form's default).",
     )
-    serving_metrics_urls: list[str] = Field(
-        default_factory=list, description="Serving /metrics pages the monitor reads (JSON list)."
-    )
 
     mlflow_ui_url: str = Field(
         default="http://localhost:5000", description="Where users open MLflow (extra links)."

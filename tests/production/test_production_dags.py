@@ -69,3 +69,12 @@ def test_drift_in_a_scored_batch_alerts_and_triggers_training(
     with create_session() as session:
         triggered = session.query(DagRun).filter(DagRun.dag_id == "lepton_training").all()
     assert [run.conf for run in triggered] == [{"model_name": MODEL}]
+
+    # An hour later the drift is still there: no second alert, no second retrain.
+    again = load_dag("lepton_monitoring").test(run_conf={"retrain_on_alert": True})
+    states = task_states(again)
+    assert again.state == "success" and states["monitor"] == "success", states
+    assert {states[t] for t in ("alert", "retrain_wanted", "retrain")} == {"skipped"}
+    with create_session() as session:
+        assert session.query(DagRun).filter(DagRun.dag_id == "lepton_training").count() == 1
+    assert len([a for a in alerts.received if "drift alert" in a["text"]]) == 1

@@ -120,14 +120,66 @@ def test_a_bad_batch_is_quarantined_with_a_named_error_and_the_others_are_kept(
     assert "b-corrupt.npz" in done.error_line and "quarantined to" in done.error_line
     (reason,) = (box / "_quarantine").glob("*/reason.json")
     assert json.loads(reason.read_text())["error"] == "InputDataError"
-    # nothing else was touched: the good batches wait, and the next run scores them
-    assert sorted(p.name for p in box.iterdir()) == ["_quarantine", "a-good.npz", "c-later.npz"]
-    again = run_cli("score", f"--input={box}", f"--output={tmp_path / 'out'}", env=env)
-    assert again.code == 0, again.stderr[-2000:]
+    # the good batches around it were scored and moved out: one bad batch holds up no other
+    assert sorted(p.name for p in box.iterdir()) == ["_quarantine", "_scored"]
     assert sorted(p.name for p in (tmp_path / "out").glob("*.parquet")) == [
         "a-good.parquet",
         "c-later.parquet",
     ]
+
+
+def test_a_batch_folder_of_several_files_is_scored_whole_then_moved(
+    production_home: Registry, tmp_path: Path
+) -> None:
+    """Before the review: the folder moved out after its first file, the second never scored."""
+    day = inbox(production_home.home) / "2026-11-27"
+    day.mkdir()
+    write_npz(day / "morning.npz", production_home.images[:20], production_home.labels[:20])
+    np.savez(day / "evening.npz", x=production_home.images[20:50])
+    result = score(MODEL, str(day.parent), str(tmp_path / "out"))
+    assert [b.name for b in result.batches] == ["2026-11-27/evening", "2026-11-27/morning"]
+    assert result.count == 50 and not day.exists()
+    (moved,) = {b.moved_to for b in result.batches}
+    assert sorted(p.name for p in Path(moved).iterdir()) == ["evening.npz", "morning.npz"]
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.parquet")) == [
+        "2026-11-27__evening.parquet",
+        "2026-11-27__morning.parquet",
+    ]
+
+
+def test_a_planted_scored_link_is_refused_and_nothing_moves_through_it(
+    production_home: Registry, tmp_path: Path
+) -> None:
+    box = inbox(production_home.home)
+    elsewhere = tmp_path / "training-landing"
+    elsewhere.mkdir()
+    (box / "_scored").symlink_to(elsewhere)
+    np.savez(box / "batch.npz", x=production_home.images[:10])
+    with pytest.raises(OSError, match="symbolic link"):
+        score(MODEL, str(box), str(tmp_path / "out"))
+    assert (box / "batch.npz").exists() and list(elsewhere.iterdir()) == []
+
+
+def test_a_folder_of_images_given_directly_is_scored(
+    production_home: Registry, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    pictures = tmp_path / "pictures"
+    (pictures / "cats").mkdir(parents=True)
+    (pictures / "dogs").mkdir()
+    Image.fromarray(production_home.images[0]).save(pictures / "cats" / "1.png")
+    Image.fromarray(production_home.images[1]).save(pictures / "dogs" / "1.png")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.fromarray(production_home.images[2]).save(flat / "x.png")
+    result = score(MODEL, str(flat), str(tmp_path / "flat.parquet"))
+    assert result.count == 1 and flat.exists()
+    # class folders: keys keep the folder, so same-named files stay apart (and the labels are
+    # the folder names, which are not the champion's classes: they count as wrong, not as bad)
+    named = score(MODEL, str(pictures), str(tmp_path / "named.parquet"))
+    keys = pq.read_table(tmp_path / "named.parquet").column("key").to_pylist()
+    assert keys == ["cats/1.png", "dogs/1.png"] and named.accuracy == 0.0
 
 
 def test_images_of_another_size_are_refused_and_quarantined(

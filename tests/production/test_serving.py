@@ -60,6 +60,8 @@ def test_invocations_answer_with_the_champions_predictions(
     assert client.get("/version").status_code == 200 and client.get("/ping").status_code == 200
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").status_code == 200
+    assert client.get(f"/v2/models/{MODEL}/ready").status_code == 200
+    assert client.get("/v2").json()["name"] == "lepton"
 
 
 BAD_REQUESTS = [
@@ -97,28 +99,48 @@ def test_bad_input_is_a_400_with_one_line_saying_why(
 
 
 def test_other_refusals_never_a_500(client: TestClient, production_home: Registry) -> None:
+    json_type = {"content-type": "application/json"}
     huge = b'{"inputs": [' + b"0," * (1 << 20) + b"0]}"
-    assert (
-        client.post(
-            "/invocations", content=huge, headers={"content-type": "application/json"}
-        ).status_code
-        == 413
-    )
+    assert client.post("/invocations", content=huge, headers=json_type).status_code == 413
     plain = client.post("/invocations", content=b"x", headers={"content-type": "text/plain"})
     assert plain.status_code == 415 and "\n" not in plain.json()["message"]
     csv = client.post("/invocations", content=b"a,b\n1,2", headers={"content-type": "text/csv"})
-    assert csv.status_code == 400
-    nan = client.post(
-        "/invocations",
-        content=b'{"inputs": [[[NaN]]]}',
-        headers={"content-type": "application/json"},
-    )
-    assert nan.status_code == 400
+    assert csv.status_code == 415 and "JSON tensors" in csv.json()["message"]
+    # a few bytes that used to reach Python's limits: nesting, a number too long, a shape
+    # whose product overflows to the size sent
+    deep = b'{"inputs": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    long_number = b'{"inputs": [[' + b"9" * 5000 + b"]]}"
+    for body in (deep, long_number):
+        response = client.post("/invocations", content=body, headers=json_type)
+        assert response.status_code == 400, response.text
+    overflow = {
+        "inputs": [{"name": "x", "shape": [4294967296, 4294967296], "datatype": "FP32", "data": []}]
+    }
+    assert client.post(f"/v2/models/{MODEL}/infer", json=overflow).status_code == 400
     assert client.post(f"/v2/models/{MODEL}/infer", json={"inputs": []}).status_code == 400
     assert client.post("/v2/models/other/infer", json={}).status_code == 404
+    assert client.get("/docs").status_code == 404  # only what the server means to answer
     metrics = parse_exposition(client.get("/metrics").text)
     codes = {labels["code"] for labels, _ in metrics["lepton_serving_requests_total"]}
     assert "500" not in codes and {"413", "415", "400"} <= codes
+
+
+def test_a_version_that_fails_to_load_leaves_the_old_one_serving(
+    client: TestClient, production_home: Registry
+) -> None:
+    from mlflow import MlflowClient
+
+    registry = MlflowClient()
+    broken = registry.create_model_version(MODEL, "file:///nonexistent/model")
+    registry.set_registered_model_alias(MODEL, "champion", broken.version)
+    follower = AliasFollower(client.app, poll_s=60)
+    assert not follower.check()
+    response = client.post("/invocations", json={"inputs": production_home.images[:2].tolist()})
+    assert response.status_code == 200 and response.headers["x-lepton-model"] == f"{MODEL}/1"
+    samples = parse_exposition(client.get("/metrics").text)
+    assert [v for _, v in samples["lepton_serving_model_load_failures_total"]] == [1.0]
+    assert [v for _, v in samples["lepton_serving_model_version"]] == [1.0]
+    assert client.get("/ping").status_code == 200
 
 
 def test_metrics_count_requests_versions_classes_and_inputs(
@@ -136,7 +158,7 @@ def test_metrics_count_requests_versions_classes_and_inputs(
     assert value("lepton_serving_images_total", version="1") == 40
     assert value("lepton_serving_requests_total", endpoint="invocations", code="200") == 1
     assert value("lepton_serving_rejected_requests_total", reason="no_inputs") == 1
-    assert value("lepton_serving_predicted_class_total") == 40
+    assert value("lepton_serving_predicted_class_total", version="1") == 40
     assert value("lepton_serving_input_pixel_mean_count") == 40
     means = images.reshape(40, -1).mean(axis=1)
     assert value("lepton_serving_input_pixel_mean_sum") == pytest.approx(means.sum(), rel=1e-6)

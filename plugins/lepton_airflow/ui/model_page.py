@@ -20,7 +20,7 @@ from urllib.parse import urlencode
 from fastapi import Depends, FastAPI, Form, HTTPException, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from lepton_airflow.ui.links import mlflow_model_version_url
+from lepton_airflow.ui.links import mlflow_model_version_url, mlflow_run_url
 
 if TYPE_CHECKING:
     from lepton_tasks.results import ModelInfo, VersionInfo
@@ -167,7 +167,7 @@ def page(
         champion=_champion_card(champion, info.tracking_uri),
         rows="".join(_version_row(v, info.model_name) for v in info.versions),
         rollback=_rollback_form(info, champion, user.get_name()),
-        production=_production_card(info.model_name),
+        production=_production_card(info.model_name, champion),
         history="".join(_history_item(h) for h in reversed(info.promotion_history))
         or "<li>No promotions yet.</li>",
     )
@@ -234,7 +234,7 @@ def _rollback_form(info: ModelInfo, champion: VersionInfo | None, user_name: str
     )
 
 
-def _production_card(model_name: str) -> str:
+def _production_card(model_name: str, champion: VersionInfo | None) -> str:
     """The last monitoring run: drift and feedback checks against their thresholds."""
     from lepton_tasks.errors import LeptonError
     from lepton_tasks.predictions import latest_monitoring
@@ -249,21 +249,27 @@ def _production_card(model_name: str) -> str:
             "monitored yet: the lepton_monitoring DAG compares scoring and serving with the "
             "champion's training data.</p></section>"
         )
-    state = "ALERT" if last["alert"] else "no drift"
+    state = "ALERT" if last["alert"] else "no drift" if last["checks"] else "no verdict"
+    css = "alert" if last["alert"] else "ok" if last["checks"] else ""
     rows = (
         "".join(
             f"<tr><td>{e(c['name'])}</td><td>{c['value']:.4g}</td><td>{c['threshold']:g}</td>"
-            f"<td>{'alert' if c['alert'] else 'ok'}</td></tr>"
+            f"<td>{'alert' if c['alert'] else 'ok'}</td><td>{e(c['detail'])}</td></tr>"
             for c in last["checks"]
         )
-        or '<tr><td colspan="4" class="muted">not enough production data to judge</td></tr>'
+        or '<tr><td colspan="5" class="muted">not enough production data to judge</td></tr>'
     )
+    stale = ""
+    if champion is not None and last["version"] != champion.version:
+        stale = f" The champion is now v{e(champion.version)}: not checked yet."
+    link = mlflow_run_url(last["experiment_id"], last["run_id"])
     return (
-        f'<section class="card {"alert" if last["alert"] else "ok"}" id="production">'
+        f'<section class="card {css}" id="production">'
         f'<h2>Production: <span id="drift-state">{state}</span></h2>'
         f"<p>Checked {e(last['at'])} for v{e(last['version'])}, {last['examples']} production "
-        "examples.</p><table><thead><tr><th>Check</th><th>Value</th><th>Threshold</th>"
-        f"<th>State</th></tr></thead><tbody>{rows}</tbody></table></section>"
+        f'examples (<a data-open="new" target="_blank" href="{e(link)}">MLflow run</a>).{stale}'
+        "</p><table><thead><tr><th>Check</th><th>Value</th><th>Threshold</th><th>State</th>"
+        f"<th>What</th></tr></thead><tbody>{rows}</tbody></table></section>"
     )
 
 
