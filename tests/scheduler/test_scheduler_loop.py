@@ -172,22 +172,6 @@ def test_an_unchanged_night_skips_its_steps_and_registers_nothing(
     figures["unchanged_over_full"] = round(duration(run) / figures["full_run_s"], 3)
 
 
-def test_a_retrained_model_no_better_beyond_noise_is_registered_not_promoted(
-    scheduler_stack: Stack, landed_run: dict[str, Any], registry: MlflowClient, figures
-) -> None:
-    stack = scheduler_stack
-    run = finished(stack, trigger(stack, {"force_retrain": True}))
-    assert run["state"] == "success", states(stack, run["dag_run_id"])
-    registered = result(stack, run["dag_run_id"], "register")
-    evidence = result(stack, run["dag_run_id"], "evaluate")["decision"]["evidence"]
-    low, high = evidence["gain_interval"]
-    assert registered["version"] == "3" and not registered["promoted"]
-    assert low <= 0 <= high  # the same data and params: any gain is noise
-    assert registry.get_model_version_by_alias(MODEL, "champion").version == "2"
-    assert run["note"].startswith(f"Registered {MODEL} v3; not promoted (gain ")
-    figures["retrained_same_data"] = run["note"]
-
-
 def test_a_backfill_over_three_nights_uses_each_nights_batches(
     scheduler_stack: Stack, landed_run: dict[str, Any], registry: MlflowClient, figures
 ) -> None:
