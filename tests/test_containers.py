@@ -341,10 +341,10 @@ def test_prometheus_scrapes_services_of_the_stack_on_their_ports() -> None:
     assert "--port=5001" in services["serving"]["command"]
     assert "--web.listen-address=:9102" in services["statsd-exporter"]["command"]
     assert any(a.startswith("--expose-prometheus=") for a in services["mlflow"]["command"])
-    # MLflow's /metrics sits behind its basic auth: the plain user's password, from a secret
+    # MLflow's /metrics answers admins only (tests/containers): the password from a secret file
     (mlflow_job,) = [j for j in prometheus_config()["scrape_configs"] if j["job_name"] == "mlflow"]
-    assert mlflow_job["basic_auth"]["password_file"] == "/run/secrets/mlflow_lepton_password"
-    assert services["prometheus"]["secrets"] == ["mlflow_lepton_password"]
+    assert mlflow_job["basic_auth"]["password_file"] == "/run/secrets/mlflow_admin_password"
+    assert services["prometheus"]["secrets"] == ["mlflow_admin_password"]
     common = services["airflow-scheduler"]["environment"]
     assert common["AIRFLOW__METRICS__STATSD_HOST"] == "statsd-exporter"
 

@@ -265,9 +265,10 @@ def test_the_serving_service_answers_with_the_champion_and_mlflow_exposes_metric
 ) -> None:
     """The compose `serving` service (task image, read-only root) against the MLflow container:
     it finds the champion the three nights left, answers MLflow's protocol and counts it. And
-    MLflow's own /metrics (`--expose-prometheus`) answers the plain user Prometheus signs in as."""
+    MLflow's own /metrics (`--expose-prometheus`) answers its admin, as Prometheus signs in."""
     import base64
     import socket
+    import urllib.error
     import urllib.request
 
     import numpy as np
@@ -305,11 +306,19 @@ def test_the_serving_service_answers_with_the_champion_and_mlflow_exposes_metric
     assert info["HostConfig"]["ReadonlyRootfs"] is True
     assert info["Config"]["User"] not in ("", "root", "0")
 
-    user = stack.steps_user
-    secret = f"{user['MLFLOW_TRACKING_USERNAME']}:{user['MLFLOW_TRACKING_PASSWORD']}"
-    metrics = urllib.request.Request(
-        f"{stack.mlflow_url}/metrics",
-        headers={"Authorization": f"Basic {base64.b64encode(secret.encode()).decode()}"},
-    )
-    with urllib.request.urlopen(metrics, timeout=10) as response:
-        assert "mlflow_http_request_total" in response.read().decode()
+    def metrics_as(user: dict[str, str]) -> int:
+        secret = f"{user['MLFLOW_TRACKING_USERNAME']}:{user['MLFLOW_TRACKING_PASSWORD']}"
+        request = urllib.request.Request(
+            f"{stack.mlflow_url}/metrics",
+            headers={"Authorization": f"Basic {base64.b64encode(secret.encode()).decode()}"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert "mlflow_http_request_total" in response.read().decode()
+                return response.status
+        except urllib.error.HTTPError as refused:
+            return refused.code
+
+    # MLflow's basic-auth app answers /metrics to admins only: Prometheus signs in as admin
+    assert metrics_as(stack.admin) == 200
+    assert metrics_as(stack.steps_user) == 403
