@@ -74,16 +74,23 @@ def fits(image_shape: Any, input_shape: tuple[int, ...]) -> bool:
     return shape == input_shape or (*shape, 1) == input_shape
 
 
-def latest_monitoring(model_name: str) -> dict[str, Any] | None:
-    """The last monitoring run of `model_name`: when, alert, and each check (for the page)."""
+def last_monitoring_run(model_name: str, version: str | None = None) -> Any | None:
+    """The newest monitoring run of `model_name` (of one champion `version`), or None.
+
+    Reads only: no experiment is created for a page that merely looks.
+    """
     import mlflow
 
-    tracking.setup(production_experiment())
     query = (
         f"tags.`lepton.step` = 'monitor' and tags.`lepton.model_name` = '{quoted_name(model_name)}'"
     )
+    if version is not None:
+        query += f" and tags.`lepton.model_version` = '{version}'"
+    mlflow.set_tracking_uri(tracking.check_tracking())
     with tracking.tracking_errors("reading the monitoring runs"):
         experiment = mlflow.get_experiment_by_name(production_experiment())
+        if experiment is None:
+            return None
         runs = mlflow.search_runs(
             [experiment.experiment_id],
             query,
@@ -91,9 +98,14 @@ def latest_monitoring(model_name: str) -> dict[str, Any] | None:
             order_by=["attributes.start_time DESC"],
             output_format="list",
         )
-    if not runs:
+    return runs[0] if runs else None
+
+
+def latest_monitoring(model_name: str) -> dict[str, Any] | None:
+    """The last monitoring run of `model_name`: when, alert, and each check (for the page)."""
+    run = last_monitoring_run(model_name)
+    if run is None:
         return None
-    run = runs[0]
     return {
         "at": datetime.fromtimestamp(run.info.start_time / 1000, UTC).strftime(
             "%Y-%m-%d %H:%M UTC"
@@ -101,9 +113,6 @@ def latest_monitoring(model_name: str) -> dict[str, Any] | None:
         "version": run.data.tags.get("lepton.model_version"),
         "alert": run.data.tags.get("lepton.alert") == "true",
         "checks": _checks(run.data.tags.get("lepton.checks", "[]")),
-        "reasons": [
-            c["detail"] for c in _checks(run.data.tags.get("lepton.checks", "[]")) if c["alert"]
-        ],
         "examples": int(run.data.metrics.get("production_examples", 0)),
         "run_id": run.info.run_id,
         "experiment_id": run.info.experiment_id,

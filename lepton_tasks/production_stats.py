@@ -57,6 +57,18 @@ class ImageStats:
         """Class indices of labelled examples, counted as the reference's class shares."""
         self.class_counts += np.bincount(labels, minlength=self.classes)[: self.classes]
 
+    def count_hits(self, labels: np.ndarray, predicted: np.ndarray, class_names: list[str]) -> None:
+        """Right and wrong predictions where the label is known (None: unlabelled, skipped)."""
+        from lepton_tasks.data.snapshot import _key
+
+        known = np.asarray([label is not None for label in labels], dtype=bool)
+        if not known.any():
+            return
+        truth = np.asarray([_key(label) for label in labels[known]], dtype=object)
+        guessed = np.asarray(class_names, dtype=object)[predicted[known]]
+        self.labelled += int(known.sum())
+        self.correct += int((truth == guessed).sum())
+
     def merge(self, other: ImageStats) -> None:
         self.count += other.count
         self.pixel_mean_sum += other.pixel_mean_sum

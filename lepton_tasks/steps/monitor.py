@@ -21,10 +21,10 @@ import numpy as np
 
 from lepton_tasks import registry, storage, tracking
 from lepton_tasks.data import readers
-from lepton_tasks.data.snapshot import _key
 from lepton_tasks.errors import InputDataError, TrackingUnavailableError, UsageError
 from lepton_tasks.predictions import (
     fits,
+    last_monitoring_run,
     pin_version,
     predict_probabilities,
     production_experiment,
@@ -130,22 +130,8 @@ def _was_alerting(model_name: str, version: str) -> bool:
 
     An alert is sent (and a retrain triggered) once per episode, not every hour it lasts.
     """
-    import mlflow
-
-    query = (
-        f"tags.`lepton.step` = 'monitor' and tags.`lepton.model_name` = '{quoted_name(model_name)}'"
-        f" and tags.`lepton.model_version` = '{version}'"
-    )
-    with tracking.tracking_errors("reading the last monitoring run"):
-        experiment = mlflow.get_experiment_by_name(production_experiment())
-        last = mlflow.search_runs(
-            [experiment.experiment_id],
-            query,
-            max_results=1,
-            order_by=["attributes.start_time DESC"],
-            output_format="list",
-        )
-    return bool(last) and last[0].data.tags.get("lepton.alert") == "true"
+    last = last_monitoring_run(model_name, version)
+    return last is not None and last.data.tags.get("lepton.alert") == "true"
 
 
 def _reference(champion: Any, classes: int) -> ImageStats:
@@ -267,12 +253,9 @@ def _feedback(
 
 
 def _count_hits(batch: readers.Batch, pinned: Any, stats: ImageStats) -> None:
-    names = np.asarray(pinned.class_names, dtype=object)
     images, labels = next(batch.read_chunks(MAX_FEEDBACK - stats.labelled))  # one chunk
     predicted = predict_probabilities(pinned, images).argmax(axis=1)
-    truth = np.asarray([_key(label) for label in labels], dtype=object)
-    stats.labelled += len(labels)
-    stats.correct += int((names[predicted] == truth).sum())
+    stats.count_hits(labels, predicted, pinned.class_names)
 
 
 def _feedback_batches(champion: Any, uri: str | None) -> list[readers.Batch]:

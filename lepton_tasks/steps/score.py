@@ -18,11 +18,8 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import numpy as np
-
 from lepton_tasks import storage, tracking
 from lepton_tasks.data import readers
-from lepton_tasks.data.snapshot import _key
 from lepton_tasks.errors import InputDataError, NothingToIngestError
 from lepton_tasks.predictions import (
     PinnedModel,
@@ -224,7 +221,7 @@ def _score_batch(
             out.write(_keys(batch, offset, len(images)), probabilities, labels)
             predicted = probabilities.argmax(axis=1)
             stats.add(images, predicted)
-            _count_correct(stats, labels, predicted, pinned.class_names)
+            stats.count_hits(labels, predicted, pinned.class_names)
             offset += len(images)
     return stats
 
@@ -269,18 +266,6 @@ def _keys(batch: readers.Batch, offset: int, count: int) -> list[str]:
         root = batch.uri.rstrip("/") + "/"
         return [uri.removeprefix(root) for uri in batch.files[offset : offset + count]]
     return [f"{batch.name}:{i}" for i in range(offset, offset + count)]
-
-
-def _count_correct(
-    stats: ImageStats, labels: np.ndarray, predicted: np.ndarray, class_names: list[str]
-) -> None:
-    known = np.asarray([label is not None for label in labels], dtype=bool)
-    if not known.any():
-        return
-    truth = np.asarray([_key(label) for label in labels[known]], dtype=object)
-    guessed = np.asarray(class_names, dtype=object)[predicted[known]]
-    stats.labelled += int(known.sum())
-    stats.correct += int((truth == guessed).sum())
 
 
 def _move_out(entry: str, input_uri: str) -> str | None:
