@@ -115,3 +115,46 @@ def test_the_lepton_page_shows_the_last_check(production_home: Registry, tmp_pat
         app.dependency_overrides.clear()
     assert '<span id="drift-state">ALERT</span>' in page.text
     assert "<td>pixel_mean_shift</td>" in page.text and "300 production examples" in page.text
+
+
+def test_a_metrics_url_must_be_http_and_its_content_is_never_echoed(
+    production_home: Registry, tmp_path: Path
+) -> None:
+    import pytest
+
+    from lepton_tasks.errors import InputDataError, UsageError
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0:the-secret-line\n")
+    with pytest.raises(UsageError, match="must be http"):
+        monitor(MODEL, metrics_urls=[f"file://{secret}"])
+
+    class NotMetrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"root:x:0:0:the-secret-line\n")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), NotMetrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(InputDataError) as refused:
+            monitor(MODEL, metrics_urls=[f"http://127.0.0.1:{server.server_port}/metrics"])
+    finally:
+        server.shutdown()
+    assert "not a Prometheus metrics page" in str(refused.value)
+    assert "the-secret-line" not in refused.value.one_line()
+
+
+def test_feedback_of_another_image_size_is_left_out_not_judged(
+    production_home: Registry,
+) -> None:
+    landing = production_home.home / "landing"
+    landing.mkdir()
+    write_npz(landing / "mnist-sized.npz", np.zeros((50, 28, 28), np.uint8), np.zeros(50, int))
+    result = monitor(MODEL)
+    assert result.checks == [] and not result.alert
+    assert str(landing / "mnist-sized.npz") not in result.sources
