@@ -258,6 +258,13 @@ def validate(
     run_step("validate", run_dir, action)
 
 
+STEPS_PER_EXECUTION = "Batches per compiled call (1 with several workers)."
+FORCE_RETRAIN = (
+    "Train even if an earlier run trained the same data, params and code (otherwise its result "
+    "is reused)."
+)
+
+
 @app.command()
 def train(
     run_dir: RunDir,
@@ -288,6 +295,7 @@ def train(
         str, typer.Option(help="XLA: auto (Keras decides), on or off.")
     ] = "auto",
     deterministic: Annotated[bool, typer.Option(help="Deterministic ops (slower).")] = False,
+    steps_per_execution: Annotated[int, typer.Option(min=1, help=STEPS_PER_EXECUTION)] = 32,
     augment: Annotated[
         str,
         typer.Option(
@@ -295,18 +303,13 @@ def train(
             "the same class): seeded random shifts, rotations and flips while training."
         ),
     ] = "none",
-    force_retrain: Annotated[
-        bool,
-        typer.Option(
-            help="Train even if an earlier run trained the same data, params and code "
-            "(otherwise its result is reused)."
-        ),
-    ] = False,
+    force_retrain: Annotated[bool, typer.Option(help=FORCE_RETRAIN)] = False,
     parent_run_id: ParentRun = None,
 ) -> None:
     """Train a Keras model on the snapshot; resumes from the last epoch when re-run."""
+    from lepton_tasks.distributed import cluster_from_env
     from lepton_tasks.results import IngestResult
-    from lepton_tasks.steps.train import TrainParams
+    from lepton_tasks.steps.train import TrainParams, train_worker
     from lepton_tasks.steps.train import train as train_step
 
     options = locals()  # the options that are TrainParams' fields, by their names
@@ -314,7 +317,12 @@ def train(
 
     def action() -> StepResult:
         snapshot_uri = snapshot or upstream(None, run_dir, "ingest", IngestResult).snapshot_uri
-        return train_step(snapshot_uri, run_dir, params, parent_run_id, force=force_retrain)
+        cluster = cluster_from_env()  # TF_CONFIG: one of several workers
+        if not cluster.is_chief:
+            return train_worker(snapshot_uri, run_dir, params, cluster)
+        return train_step(
+            snapshot_uri, run_dir, params, parent_run_id, force=force_retrain, cluster=cluster
+        )
 
     run_step("train", run_dir, action)
 

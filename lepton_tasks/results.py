@@ -84,6 +84,17 @@ class TrainResult(StepResult):
     reused_from_run: str | None = None
 
 
+class TrainWorkerResult(StepResult):
+    """What a worker other than the chief prints: the chief's TrainResult is the step's."""
+
+    step: Literal["train-worker"] = "train-worker"
+    worker: int
+    workers: int
+    epochs_run: int
+    train_seconds: float
+    images_per_second: float
+
+
 class ChampionScore(BaseModel):
     version: str
     metrics: dict[str, float]

@@ -21,11 +21,13 @@ import numpy as np
 from pydantic import BaseModel
 
 from lepton_tasks import content_cache, storage, tracking
-from lepton_tasks.data.snapshot import load_split, read_manifest
+from lepton_tasks.data.snapshot import read_manifest
+from lepton_tasks.data.stream import SplitStream, make_dataset
+from lepton_tasks.distributed import Cluster
 from lepton_tasks.errors import InputDataError, TrainingError, UsageError
 from lepton_tasks.model_catalog import model_code_version
-from lepton_tasks.models import DEFAULT_ARCHITECTURE, get_architecture, save_keras
-from lepton_tasks.results import TrainResult, records_result
+from lepton_tasks.models import DEFAULT_ARCHITECTURE, get_architecture, load_keras, save_keras
+from lepton_tasks.results import TrainResult, TrainWorkerResult, records_result
 from lepton_tasks.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class TrainParams(BaseModel):
     jit_compile: str = "auto"  # auto: Keras' own choice (XLA on GPU)
     deterministic: bool = False
     augment: str = "none"  # none, shift-rotate, or shift-rotate-flip (see AUGMENTATIONS)
+    steps_per_execution: int = 32  # batches per compiled call (1 with several workers)
 
 
 # Random shifts (10 % of a side), rotations (±18°) and, where mirrored images are still the
@@ -73,6 +76,11 @@ def _with_channels(images: np.ndarray) -> np.ndarray:
     return images[..., np.newaxis] if images.ndim == 3 else images
 
 
+def _input_shape(image_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The model's input shape: (H, W, C), a channel added to grey images."""
+    return (*image_shape, 1) if len(image_shape) == 2 else tuple(image_shape)
+
+
 # Without --epochs: at least MIN_STEPS optimizer steps and MIN_EPOCHS epochs, so a few hundred
 # examples train as well as a few thousand (5 epochs of 8 steps would leave a model half-trained).
 MIN_STEPS = 500
@@ -84,25 +92,8 @@ def auto_epochs(steps_per_epoch: int) -> int:
     return max(MIN_EPOCHS, math.ceil(MIN_STEPS / max(steps_per_epoch, 1)))
 
 
-def make_dataset(
-    images: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, training: bool
-) -> Any:
-    """A cached, batched, prefetched `tf.data` pipeline; shuffled (seeded) for training."""
-    import tensorflow as tf
-
-    dataset = tf.data.Dataset.from_tensor_slices((_with_channels(images), labels.astype(np.int32)))
-    dataset = dataset.map(
-        lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE
-    ).cache()
-    if training:
-        dataset = dataset.shuffle(
-            min(len(images), 50_000), seed=seed, reshuffle_each_iteration=True
-        )
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-
-def configure_devices(params: TrainParams) -> tuple[Any, str, bool]:
-    """Pick the distribution strategy and precision from the visible hardware."""
+def configure_devices(params: TrainParams, cluster: Cluster | None = None) -> tuple[Any, str, bool]:
+    """Pick the distribution strategy and precision from the cluster and visible hardware."""
     import keras
     import tensorflow as tf
 
@@ -111,7 +102,13 @@ def configure_devices(params: TrainParams) -> tuple[Any, str, bool]:
         raise UsageError("--mixed-precision takes auto, on or off")
     mixed = params.mixed_precision == "on" or (params.mixed_precision == "auto" and bool(gpus))
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
-    if len(gpus) > 1:
+    if cluster is not None and cluster.distributed:
+        # all-reduce of the gradients every step, across the TF_CONFIG cluster
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        device = (
+            f"{cluster.workers} workers (MultiWorkerMirroredStrategy), {len(gpus) or 'no'} GPU each"
+        )
+    elif len(gpus) > 1:
         strategy = tf.distribute.MirroredStrategy()
         device = f"{len(gpus)} GPUs (MirroredStrategy)"
     else:
@@ -123,8 +120,11 @@ def configure_devices(params: TrainParams) -> tuple[Any, str, bool]:
 class EpochReporter:
     """One log line per epoch (no progress bars in task logs) and per-epoch MLflow metrics."""
 
-    def __init__(self, epochs: int) -> None:
-        """A reporter for a fit of `epochs` epochs; its Keras callback is `self.callback`."""
+    def __init__(self, epochs: int, track: bool = True) -> None:
+        """A reporter for a fit of `epochs` epochs; its Keras callback is `self.callback`.
+
+        `track`: log each epoch's metrics to the active MLflow run (off on a worker, not chief).
+        """
         import keras
 
         reporter = self
@@ -161,7 +161,8 @@ class EpochReporter:
                     " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())),
                     took,
                 )
-                mlflow.log_metrics({**logs, "epoch_seconds": took}, step=epoch + 1)
+                if track:
+                    mlflow.log_metrics({**logs, "epoch_seconds": took}, step=epoch + 1)
 
         self.callback = Callback()
         self.interactive = sys.stderr.isatty()
@@ -189,26 +190,29 @@ def resolve_schedule(params: TrainParams, train_examples: int, default_rate: flo
 
 
 def load_training_data(
-    snapshot_uri: str,
-) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """The snapshot's manifest, train split and val split.
+    snapshot_uri: str, seed: int
+) -> tuple[dict[str, Any], SplitStream, SplitStream]:
+    """The snapshot's manifest, and its train and val splits as streams (nothing loaded yet).
 
-    A snapshot without a val split gives the last tenth of its train split.
+    A snapshot without a val split lends every tenth train example to validation.
     """
     manifest = read_manifest(snapshot_uri)
-    x_train, y_train = load_split(snapshot_uri, "train")
-    x_val, y_val = load_split(snapshot_uri, "val")
-    if len(x_train) == 0:
+    train_split = SplitStream(snapshot_uri, "train", shuffle_seed=seed)
+    val_split = SplitStream(snapshot_uri, "val")
+    if train_split.count == 0:
         raise InputDataError("the snapshot's train split is empty", where=snapshot_uri)
-    if len(x_val) == 0:
-        cut = max(1, len(x_train) // 10)
-        x_train, x_val = x_train[:-cut], x_train[-cut:]
-        y_train, y_val = y_train[:-cut], y_train[-cut:]
-    return manifest, (x_train, y_train), (x_val, y_val)
+    if val_split.count == 0:
+        train_split = SplitStream(snapshot_uri, "train", holdout="keep", shuffle_seed=seed)
+        val_split = SplitStream(snapshot_uri, "train", holdout="held_out")
+    return manifest, train_split, val_split
 
 
 def build_and_compile(
-    params: TrainParams, schedule: Schedule, input_shape: tuple[int, ...], num_classes: int
+    params: TrainParams,
+    schedule: Schedule,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    cluster: Cluster | None = None,
 ) -> tuple[Any, str, bool]:
     """The architecture built and compiled under the device strategy, with a cosine schedule.
 
@@ -216,7 +220,7 @@ def build_and_compile(
     """
     import keras
 
-    strategy, device, mixed = configure_devices(params)
+    strategy, device, mixed = configure_devices(params, cluster)
     with strategy.scope():
         model = get_architecture(params.architecture).build(input_shape, num_classes)
         model = augmented(model, input_shape, params.augment, params.seed)
@@ -231,7 +235,12 @@ def build_and_compile(
             metrics=["accuracy"],
             jit_compile={"auto": "auto", "on": True, "off": False}[params.jit_compile],
             # several batches per graph call: less Python overhead per step for small models
-            steps_per_execution=min(32, schedule.steps_per_epoch),
+            # (Keras 3.15's multi-step loop fails under MultiWorkerMirroredStrategy: one there)
+            steps_per_execution=(
+                1
+                if cluster is not None and cluster.distributed
+                else min(params.steps_per_execution, schedule.steps_per_epoch)
+            ),
         )
     return model, device, mixed
 
@@ -263,12 +272,17 @@ def _finished(folder: RunFolder, params: TrainParams, snapshot_uri: str) -> Trai
     return previous
 
 
-def _backup_dir(folder: RunFolder, snapshot_id: str, params: TrainParams) -> str:
+def _backup_dir(
+    folder: RunFolder, snapshot_id: str, params: TrainParams, cluster: Cluster
+) -> str | None:
     """Where Keras' per-epoch backup goes, keyed by snapshot and params.
 
     A backup only resumes the same training. A local run folder keeps it; a remote one gets a
-    local scratch folder, since Keras writes its checkpoints with plain file I/O.
+    local scratch folder, since Keras writes its checkpoints with plain file I/O. Several
+    workers get none: each would resume on its own, out of lockstep.
     """
+    if cluster.distributed:
+        return None
     digest = hashlib.sha256(params.model_dump_json().encode()).hexdigest()[:8]
     key = f"{snapshot_id}-{digest}"
     if storage.is_local(folder.uri):
@@ -290,6 +304,7 @@ def train(
     params: TrainParams | None = None,
     parent_run_id: str | None = None,
     force: bool = False,
+    cluster: Cluster | None = None,
 ) -> TrainResult:
     """Train `params.architecture` on the snapshot's train split, in an MLflow run.
 
@@ -299,6 +314,7 @@ def train(
         params: architecture, epochs, batch size, learning rate, patience, seed, devices.
         parent_run_id: the MLflow pipeline run to nest under.
         force: train even if an earlier run trained the same content (the content cache).
+        cluster: the chief's place in a multi-worker cluster; the others run `train_worker`.
 
     Returns:
         The model's file and MLflow URIs, its run, the best epoch's metrics and the speed.
@@ -306,21 +322,16 @@ def train(
     Raises:
         UsageError, InputDataError, TrainingError (NaN, no epoch), TrackingUnavailableError.
     """
-    params = params or TrainParams()
-    architecture = _checked(params)
+    params, cluster = params or TrainParams(), cluster or Cluster()
     folder = RunFolder(run_dir)
-    if (earlier := _earlier(folder, params, snapshot_uri, force)) is not None:
+    if (earlier := _earlier(folder, params, snapshot_uri, force, cluster)) is not None:
         return earlier
     tracking.check_tracking()
-    manifest, train_split, val_split = load_training_data(snapshot_uri)
-    _quiet_keras(params)
-    schedule = resolve_schedule(params, len(train_split[0]), architecture.learning_rate)
-    input_shape = tuple(_with_channels(train_split[0][:1]).shape[1:])
-    model, device, mixed = build_and_compile(
-        params, schedule, input_shape, len(manifest["class_names"])
+    manifest, train_split, val_split, schedule, (model, device, mixed) = _prepare(
+        snapshot_uri, params, cluster
     )
-    backup_dir = _backup_dir(folder, manifest["snapshot_id"], params)
-    resume_run_id = _resume_run_id(folder, backup_dir)
+    backup_dir = _backup_dir(folder, manifest["snapshot_id"], params, cluster)
+    resume_run_id = _resume_run_id(folder, backup_dir) if backup_dir else None
     tags = {"lepton.snapshot_id": manifest["snapshot_id"], "lepton.run_dir": run_dir}
     with tracking.step_run("train", parent_run_id, run_id=resume_run_id, tags=tags) as run:
         storage.write_bytes(folder.training_run_id_uri, run.info.run_id.encode())
@@ -333,17 +344,66 @@ def train(
             run_dir=run_dir,
             snapshot_uri=snapshot_uri,
             model_uri=folder.model_file_uri,
-            mlflow_model_uri=_log_model(model, val_split[0][:5], manifest["class_names"]),
+            # a multi-worker model predicts only in lockstep: its saved copy is logged
+            mlflow_model_uri=_log_model(
+                load_keras(folder.model_file_uri) if cluster.distributed else model,
+                val_split.head(5),
+                manifest["class_names"],
+            ),
             mlflow_run_id=run.info.run_id,
             mlflow_experiment_id=run.info.experiment_id,
             architecture=params.architecture,
             device=device,
             **fitted.result_fields(),
         )
+    _keep(folder, params, snapshot_uri, result)
+    return result
+
+
+def _keep(folder: RunFolder, params: TrainParams, snapshot_uri: str, result: TrainResult) -> None:
+    """The params beside the model, and the result in the content cache."""
     storage.write_json(folder.training_params_uri, params.model_dump())
     content_cache.store("train", _cache_key(snapshot_uri, params), result)
-    log.info("trained: %s", json.dumps(fitted.metrics))
-    return result
+    log.info("trained: %s", json.dumps(result.metrics))
+
+
+def _prepare(
+    snapshot_uri: str, params: TrainParams, cluster: Cluster
+) -> tuple[dict[str, Any], SplitStream, SplitStream, Schedule, tuple[Any, str, bool]]:
+    """The data streams, the schedule and the compiled model (with its device and precision)."""
+    architecture = _checked(params)
+    manifest, train_split, val_split = load_training_data(snapshot_uri, params.seed)
+    _quiet_keras(params)
+    schedule = resolve_schedule(params, train_split.count, architecture.learning_rate)
+    compiled = build_and_compile(
+        params,
+        schedule,
+        _input_shape(train_split.image_shape),
+        len(manifest["class_names"]),
+        cluster,
+    )
+    return manifest, train_split, val_split, schedule, compiled
+
+
+def train_worker(
+    snapshot_uri: str, run_dir: str, params: TrainParams, cluster: Cluster
+) -> TrainWorkerResult:
+    """A worker other than the chief: the same training in lockstep, nothing logged or kept.
+
+    The chief (`train`) logs to MLflow and writes the model and the step's result.
+    """
+    _, train_split, val_split, schedule, (model, _, _) = _prepare(snapshot_uri, params, cluster)
+    fitted = fit(model, train_split, val_split, schedule, params, None, track=False)
+    with tempfile.TemporaryDirectory() as scratch:  # every worker saves, as TF asks; only the
+        model.save(os.path.join(scratch, "model.keras"))  # chief's copy is kept
+    return TrainWorkerResult(
+        run_dir=run_dir,
+        worker=cluster.index,
+        workers=cluster.workers,
+        epochs_run=fitted.epochs_this_try,
+        train_seconds=round(fitted.seconds, 3),
+        images_per_second=round(fitted.images_per_second, 1),
+    )
 
 
 def _checked(params: TrainParams) -> Any:
@@ -353,12 +413,15 @@ def _checked(params: TrainParams) -> Any:
 
 
 def _earlier(
-    folder: RunFolder, params: TrainParams, snapshot_uri: str, force: bool
+    folder: RunFolder, params: TrainParams, snapshot_uri: str, force: bool, cluster: Cluster
 ) -> TrainResult | None:
     """This run's own finished training, else (unless forced) an earlier run's of the same.
 
-    An interrupted run resumes instead, and anything else trains.
+    An interrupted run resumes instead, and anything else trains. Several workers must all
+    train or all stop, so none of them reuses anything on its own.
     """
+    if cluster.distributed:
+        return None
     if (previous := _finished(folder, params, snapshot_uri)) is not None:
         return previous
     return None if force else _reuse(_cache_key(snapshot_uri, params), folder.uri)
@@ -391,7 +454,7 @@ def _reuse(key: str, run_dir: str) -> TrainResult | None:
     )
 
 
-Split = tuple[np.ndarray, np.ndarray]
+Split = SplitStream
 
 
 def _log_params(
@@ -412,15 +475,15 @@ def _log_params(
             "learning_rate": schedule.learning_rate,
             "device": device,
             "mixed_precision_active": mixed,
-            "train_examples": len(train_split[0]),
-            "val_examples": len(val_split[0]),
+            "train_examples": train_split.count,
+            "val_examples": val_split.count,
             "snapshot_uri": snapshot_uri,
         }
     )
     log.info(
         "training %s on %d examples (%s, batch %d, lr %g)",
         params.architecture,
-        len(train_split[0]),
+        train_split.count,
         device,
         params.batch_size,
         schedule.learning_rate,
@@ -468,7 +531,8 @@ def fit(
     val_split: Split,
     schedule: Schedule,
     params: TrainParams,
-    backup_dir: str,
+    backup_dir: str | None,
+    track: bool = True,
 ) -> Fitted:
     """Fit the compiled model on the two splits.
 
@@ -477,19 +541,23 @@ def fit(
     """
     import keras
 
-    reporter = EpochReporter(schedule.epochs)
+    reporter = EpochReporter(schedule.epochs, track=track)
     callbacks = [
-        # two checkpoints: a kill while one is written leaves the other to resume from
-        keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True),
         reporter.callback,
         keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=params.patience, restore_best_weights=True
         ),
     ]
+    if backup_dir is not None:
+        # two checkpoints: a kill while one is written leaves the other to resume from
+        callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
+    train_data = make_dataset(train_split, params.batch_size, params.seed, training=True)
+    if isinstance(model.distribute_strategy, _multi_worker_strategy()):
+        _build_for_multi_worker(model, train_data)
     started = time.perf_counter()
     history = model.fit(
-        make_dataset(*train_split, params.batch_size, params.seed, training=True),
-        validation_data=make_dataset(*val_split, params.batch_size, params.seed, training=False),
+        train_data,
+        validation_data=make_dataset(val_split, params.batch_size, params.seed, training=False),
         epochs=schedule.epochs,
         callbacks=callbacks,
         shuffle=False,  # the dataset shuffles itself, seeded
@@ -505,8 +573,56 @@ def fit(
         initial_epoch=reporter.initial_epoch,
         best=int(np.argmin(curves["val_loss"])),
         seconds=seconds,
-        images_per_second=len(train_split[0]) * epochs_this_try / seconds,
+        images_per_second=train_split.count * epochs_this_try / seconds,
     )
+
+
+def _multi_worker_strategy() -> type:
+    import tensorflow as tf
+
+    return tf.distribute.MultiWorkerMirroredStrategy
+
+
+def _build_for_multi_worker(model: Any, dataset: Any) -> None:
+    """Build the model's training state from one local batch, before `fit`.
+
+    Keras 3.15's `fit` builds it from the first distributed batch, which it reduces across
+    replicas first; under MultiWorkerMirroredStrategy that reduce fails on the (x, y) pair
+    (keras-team/keras#20585). Building here, then skipping that step, is the same build.
+    """
+    x, y = next(iter(dataset))
+    with model.distribute_strategy.scope():
+        model._symbolic_build(data_batch=(x, y, None))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    _reduce_scalars_across_workers()
+
+
+def _reduce_scalars_across_workers() -> None:
+    """Average each step's loss and metrics across workers as scalars.
+
+    Keras 3.15 reduces them with `strategy.reduce("MEAN", value, axis=0)` under
+    MultiWorkerMirroredStrategy, which fails on a scalar ("Invalid reduction dimension 0");
+    `axis=None` is the mean across replicas it means. Patched once, for multi-worker only.
+    """
+    from keras.src import tree
+    from keras.src.backend.tensorflow import trainer as tf_trainer
+
+    original = tf_trainer.reduce_per_replica
+    if getattr(original, "lepton_patched", False):
+        return
+
+    def reduce_per_replica(values: Any, strategy: Any, reduction: str) -> Any:
+        if reduction not in ("auto", "mean") or not isinstance(strategy, _multi_worker_strategy()):
+            return original(values, strategy, reduction)
+
+        def mean(value: Any) -> Any:
+            local = strategy.experimental_local_results(value)[0]
+            return strategy.reduce("MEAN", value, axis=None if local.shape.rank == 0 else 0)
+
+        return tree.map_structure(mean, values)
+
+    reduce_per_replica.lepton_patched = True  # type: ignore[attr-defined]
+    tf_trainer.reduce_per_replica = reduce_per_replica
 
 
 def _log_fit(fitted: Fitted) -> None:

@@ -31,8 +31,8 @@ def test_unknown_model_is_a_usage_error() -> None:
 class CrashingReporter(train_module.EpochReporter):
     """Dies after the second epoch, as a killed worker would."""
 
-    def __init__(self, epochs: int) -> None:
-        super().__init__(epochs)
+    def __init__(self, epochs: int, track: bool = True) -> None:
+        super().__init__(epochs, track)
         finish_epoch = self.callback.on_epoch_end
 
         def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
