@@ -121,6 +121,24 @@ def lepton_train_step() -> dict:
         }
 
 
+def previous_lepton_cnn(input_shape: tuple[int, ...], num_classes: int) -> object:
+    """Lepton's default model before this round: BatchNorm after both convolutions (a lever)."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input(shape=input_shape)
+    x = layers.Rescaling(1.0 / 255)(inputs)
+    for filters in (32, 64):
+        x = layers.Conv2D(filters, 3, use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=0.9)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.MaxPooling2D(2)(x)
+    x = layers.Flatten()(x)
+    x = layers.Dropout(0.3)(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="previous_lepton_cnn")
+
+
 CONTENDERS = {
     "keras_convnet": keras_convnet,
     "article_recipe": article_recipe,

@@ -58,17 +58,55 @@ def median(values: list[float]) -> float:
 # 1. Time to accuracy ---------------------------------------------------------------------------
 
 
-def time_to_accuracy(repeats: int) -> dict:
-    runs: dict[str, list[dict]] = {"keras_convnet": [], "article_recipe": [], "lepton": []}
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags() -> set[str]:
+    with open("/proc/cpuinfo") as info:
+        for line in info:
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def levers() -> dict[str, dict]:
+    """Lepton's train step with one setting changed: each lever's effect, same seed."""
+    chosen = {
+        "XLA on CPU (--jit-compile on)": {"jit_compile": "on"},
+        "batch 128 (--batch-size 128)": {"batch_size": 128},
+        "one batch per graph call (--steps-per-execution 1)": {"steps_per_execution": 1},
+        "twice the schedule (--epochs 10)": {"epochs": 10},
+        "the previous default model (BatchNorm in both blocks)": {
+            "architecture": "contenders:previous_lepton_cnn"
+        },
+    }
+    if cpu_flags() & set(CPU_BF16_FLAGS):
+        chosen["mixed precision, bfloat16 on oneDNN (--mixed-precision on)"] = {
+            "mixed_precision": "on"
+        }
+    return chosen
+
+
+def contender(name: str, seed: int, overrides: dict | None = None) -> dict:
+    _, out, _ = sh(
+        [sys.executable, str(REPO / "bench" / "contenders.py"), name],
+        {"BENCH_SEED": str(seed), "BENCH_TRAIN_PARAMS": json.dumps(overrides or {})},
+    )
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def time_to_accuracy(repeats: int, article: bool) -> dict:
+    names = ["keras_convnet", "lepton"] + (["article_recipe"] if article else [])
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     for repeat in range(repeats):
         for name in runs:
-            _, out, _ = sh(
-                [sys.executable, str(REPO / "bench" / "contenders.py"), name],
-                {"BENCH_SEED": str(repeat + 1)},
-            )
-            result = json.loads(out.strip().splitlines()[-1])
+            result = contender(name, repeat + 1)
             print(f"  {name} #{repeat + 1}: {result}", flush=True)
             runs[name].append(result)
+    lever_runs = {}
+    for label, overrides in levers().items():
+        lever_runs[label] = {"overrides": overrides, **contender("lepton", 1, overrides)}
+        print(f"  lever {label}: {lever_runs[label]}", flush=True)
     summary = {
         name: {
             key: median([r[key] for r in results])
@@ -76,7 +114,8 @@ def time_to_accuracy(repeats: int) -> dict:
         }
         for name, results in runs.items()
     }
-    return {"runs": runs, "median": summary}
+    flags = sorted(cpu_flags() & {"avx2", "avx512f", *CPU_BF16_FLAGS})
+    return {"runs": runs, "median": summary, "levers": lever_runs, "cpu_flags": flags}
 
 
 # 2. Orchestration overhead ---------------------------------------------------------------------
@@ -113,7 +152,8 @@ from airflow.utils.session import create_session
 with create_session() as s:
     run = s.query(DagRun).filter(DagRun.dag_id == "lepton_training").order_by(DagRun.id.desc()).first()
     tis = s.query(TaskInstance).filter(TaskInstance.run_id == run.run_id).all()
-    print(json.dumps({"state": str(run.state), **{t.task_id: t.duration for t in tis}}))
+    took = (run.end_date - run.start_date).total_seconds()
+    print(json.dumps({"state": str(run.state), "dag_run": took, **{t.task_id: t.duration for t in tis}}))
 """
 
 
@@ -157,8 +197,10 @@ def orchestration_overhead(repeats: int) -> dict:
                 "PATH": f"{BIN}:{os.environ['PATH']}",
             }
             sh([str(BIN / "airflow"), "db", "migrate"], dag_env)
+            # a logical date after the batch landed: the DAG reads what had landed by then
+            logical_date = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S+00:00")
             dag_wall, _, _ = sh(
-                [str(BIN / "airflow"), "dags", "test", "lepton_training", "2026-01-01"], dag_env
+                [str(BIN / "airflow"), "dags", "test", "lepton_training", logical_date], dag_env
             )
             _, out, _ = sh([sys.executable, "-c", TASK_DURATIONS], dag_env)
             tasks = json.loads(out.strip().splitlines()[-1])
@@ -169,10 +211,12 @@ def orchestration_overhead(repeats: int) -> dict:
                 "tasks": tasks,
             }
             print(
-                f"  overhead #{repeat + 1}: dag {dag_wall:.1f}s single {single_wall:.1f}s "
-                f"({tasks['state']})",
+                f"  overhead #{repeat + 1}: dag {dag_wall:.1f}s (run {tasks['dag_run']:.1f}s) "
+                f"single {single_wall:.1f}s ({tasks['state']}) {tasks}",
                 flush=True,
             )
+            if any(not tasks.get(step) for step in ("validate", "train", "evaluate", "register")):
+                raise RuntimeError(f"the DAG run skipped or failed a step: {tasks}")
             rows.append(row)
     return {"runs": rows, "import_costs": import_costs()}
 
@@ -212,7 +256,35 @@ def write_tiled_idx(folder: Path, n: int, seed: int = 0) -> Path:
     return folder
 
 
-def scale(sizes: list[int]) -> list[dict]:
+def train_memory(cli: str, root: Path, env: dict[str, str], steps: int) -> dict:
+    """The train step (streaming) and the split-in-memory way, same steps: peak MiB, images/s."""
+    from lepton_tasks.results import IngestResult, read_result
+    from lepton_tasks.run_folder import RunFolder
+
+    snapshot = read_result(RunFolder(str(root / "run")).result_uri("ingest"), IngestResult)
+    env = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{root}/home/mlflow.db"}
+    _, out, stream_mib = peak_rss_mib(
+        [cli, "train", "--run-dir", str(root / "run"), "--epochs", "1", "--seed", "1",
+         "--steps-per-epoch", str(steps)],
+        env,
+    )  # fmt: skip
+    streamed = json.loads(out.strip().splitlines()[-1])
+    _, out, memory_mib = peak_rss_mib(
+        [sys.executable, str(REPO / "bench" / "train_memory.py"), "in_memory",
+         snapshot.snapshot_uri, str(steps)],
+        env,
+    )  # fmt: skip
+    loaded = json.loads(out.strip().splitlines()[-1])
+    return {
+        "train_steps": steps,
+        "train_peak_mib": stream_mib,
+        "train_images_per_second": streamed["images_per_second"],
+        "in_memory_peak_mib": memory_mib,
+        "in_memory_images_per_second": loaded["images_per_second"],
+    }
+
+
+def scale(sizes: list[int], train_steps: int) -> list[dict]:
     rows = []
     for n in sizes:
         with tempfile.TemporaryDirectory() as scratch:
@@ -232,6 +304,7 @@ def scale(sizes: list[int]) -> list[dict]:
                 "ingest_peak_mib": ingest_mib,
                 "validate_seconds": validate_s,
                 "validate_peak_mib": validate_mib,
+                **train_memory(cli, root, env, train_steps),
             }
             print(f"  scale {n}: {row}", flush=True)
             rows.append(row)
@@ -264,24 +337,34 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--only", choices=["accuracy", "overhead", "scale", "serving"], action="append"
+        "--only",
+        choices=["accuracy", "overhead", "scale", "multiworker", "serving"],
+        action="append",
     )
     parser.add_argument("--sizes", default="10000,100000,1000000")
+    parser.add_argument("--train-steps", type=int, default=300, help="train batches in scale")
+    parser.add_argument(
+        "--article", action="store_true", help="also the article's recipe (~4 min a run)"
+    )
     parser.add_argument("--out", default=str(REPO / "bench" / "results.json"))
     args = parser.parse_args()
-    parts = args.only or ["accuracy", "overhead", "scale", "serving"]
+    parts = args.only or ["accuracy", "overhead", "scale", "multiworker", "serving"]
     results: dict = {"machine": machine(), "repeats": args.repeats}
     if Path(args.out).exists():
         results = {**json.loads(Path(args.out).read_text()), **results}
     if "accuracy" in parts:
         print("time to accuracy", flush=True)
-        results["accuracy"] = time_to_accuracy(args.repeats)
+        results["accuracy"] = time_to_accuracy(args.repeats, args.article)
     if "overhead" in parts:
         print("orchestration overhead", flush=True)
         results["overhead"] = orchestration_overhead(args.repeats)
     if "scale" in parts:
         print("scale", flush=True)
-        results["scale"] = scale([int(s) for s in args.sizes.split(",")])
+        results["scale"] = scale([int(s) for s in args.sizes.split(",")], args.train_steps)
+    if "multiworker" in parts:
+        print("multi-worker training", flush=True)
+        _, out, _ = sh([sys.executable, str(REPO / "bench" / "multi_worker.py")])
+        results["multiworker"] = json.loads(out.strip().splitlines()[-1])
     Path(args.out).write_text(json.dumps(results, indent=2))
     if "serving" in parts:  # its own script: it trains a model and starts two servers
         print("serving", flush=True)

@@ -259,6 +259,9 @@ def validate(
 
 
 STEPS_PER_EXECUTION = "Batches per compiled call (1 with several workers)."
+STEPS_PER_EPOCH = (
+    "Batches per epoch, cycling through the data [default: one pass over the train split]."
+)
 FORCE_RETRAIN = (
     "Train even if an earlier run trained the same data, params and code (otherwise its result "
     "is reused)."
@@ -296,6 +299,7 @@ def train(
     ] = "auto",
     deterministic: Annotated[bool, typer.Option(help="Deterministic ops (slower).")] = False,
     steps_per_execution: Annotated[int, typer.Option(min=1, help=STEPS_PER_EXECUTION)] = 32,
+    steps_per_epoch: Annotated[int | None, typer.Option(min=1, help=STEPS_PER_EPOCH)] = None,
     augment: Annotated[
         str,
         typer.Option(

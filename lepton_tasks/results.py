@@ -82,6 +82,9 @@ class TrainResult(StepResult):
     device: str
     # Set when the result is an earlier run's, reused for the same content (content_cache).
     reused_from_run: str | None = None
+    # The model's LiteRT copy, verified to predict as the Keras model does (lepton_tasks.litert)
+    litert_model_uri: str | None = None
+    litert_sha256: str | None = None
 
 
 class TrainWorkerResult(StepResult):
@@ -135,6 +138,9 @@ class EvaluateResult(StepResult):
     champion: ChampionScore | None = None
     decision: PromotionDecision
     confusion_matrix_uri: str
+    litert_model_uri: str | None = None
+    litert_sha256: str | None = None
+    predicted_with: str = "keras"  # or "litert": the candidate's verified LiteRT copy
 
 
 class RegisterResult(StepResult):

@@ -70,6 +70,10 @@ class RunFolder:
     def model_file_uri(self) -> str:
         return storage.join(self.uri, "train", "model.keras")
 
+    @property
+    def litert_model_uri(self) -> str:
+        return storage.join(self.uri, "train", "model.tflite")
+
     def training_backup_uri(self, key: str) -> str:
         """Keras' per-epoch backup of one training (`key`: what it trains on and how)."""
         return storage.join(self.uri, "train", "backup", key)

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from lepton_tasks import storage, tracking
+from lepton_tasks import litert, storage, tracking
 from lepton_tasks.data.snapshot import load_split, read_manifest
 from lepton_tasks.errors import InputDataError, UsageError
 from lepton_tasks.models import load_keras, load_registered_keras
@@ -319,7 +319,8 @@ def evaluate(
     tracking.check_tracking()
     manifest, (x_test, y_test) = _test_split(trained.snapshot_uri)
     class_names = manifest["class_names"]
-    candidate_pred = predict(load_keras(trained.model_uri), x_test)
+    verified = litert.load_verified(trained.litert_model_uri, trained.litert_sha256)
+    candidate_pred = predict(verified or load_keras(trained.model_uri), x_test)
     candidate, matrix = classification_metrics(y_test, candidate_pred, class_names)
     folder = RunFolder(run_dir)
     png = confusion_png(
@@ -335,7 +336,7 @@ def evaluate(
             params, x_test, y_test, candidate_pred, manifest
         )
         decision = params.decide(candidate, champion.metrics if champion else None, evidence, other)
-        _log_evaluation(params, len(y_test), candidate, champion, decision, png)
+        _log_evaluation(params, len(y_test), candidate, champion, decision, png, _runtime(verified))
     log.info("decision: %s", decision.reason)
     return EvaluateResult(
         run_dir=run_dir,
@@ -351,7 +352,22 @@ def evaluate(
         champion=champion,
         decision=decision,
         confusion_matrix_uri=folder.confusion_matrix_uri,
+        **_litert_fields(trained, verified),
     )
+
+
+def _litert_fields(trained: TrainResult, verified: Any) -> dict[str, Any]:
+    """The LiteRT copy evaluate predicted with, passed on for register to record."""
+    return {
+        "litert_model_uri": trained.litert_model_uri if verified else None,
+        "litert_sha256": trained.litert_sha256 if verified else None,
+        "predicted_with": _runtime(verified),
+    }
+
+
+def _runtime(verified: Any) -> str:
+    """What predicted the candidate: its verified LiteRT copy, else Keras (TensorFlow)."""
+    return "litert" if verified is not None else "keras"
 
 
 def _test_split(snapshot_uri: str) -> tuple[dict[str, Any], tuple[np.ndarray, np.ndarray]]:
@@ -369,6 +385,7 @@ def _log_evaluation(
     champion: ChampionScore | None,
     decision: PromotionDecision,
     confusion_png_bytes: bytes,
+    predicted_with: str = "keras",
 ) -> None:
     """The evaluate run in MLflow: both models' metrics, the gate, the decision, the matrix."""
     import mlflow
@@ -383,6 +400,7 @@ def _log_evaluation(
             "test_examples": test_examples,
         }
     )
+    mlflow.set_tag("lepton.predicted_with", predicted_with)
     if champion:
         mlflow.log_metrics({f"champion_test_{k}": v for k, v in champion.metrics.items()})
     mlflow.set_tags({"lepton.promote": str(decision.promote), "lepton.decision": decision.reason})
@@ -418,9 +436,12 @@ def _score_champion(
         other = f"the class set changed from the champion v{version.version}'s {theirs} to {class_names}"
         log.warning("%s", other)
         return None, None, other
-    with tracking.tracking_errors("loading the champion model"):
-        # by number: the alias could move between the lookup and the load
-        model = load_registered_keras(f"models:/{params.model_name}/{version.version}")
+    tags = version.tags or {}
+    model = litert.load_verified(tags.get(litert.URI_TAG), tags.get(litert.SHA_TAG))
+    if model is None:
+        with tracking.tracking_errors("loading the champion model"):
+            # by number: the alias could move between the lookup and the load
+            model = load_registered_keras(f"models:/{params.model_name}/{version.version}")
     champion_pred = predict(model, x_test)
     metrics, _ = classification_metrics(y_test, champion_pred, class_names)
     log.info("champion v%s: accuracy %.4f", version.version, metrics["accuracy"])

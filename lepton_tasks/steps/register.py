@@ -10,7 +10,7 @@ import json
 import logging
 from typing import Any
 
-from lepton_tasks import tracking
+from lepton_tasks import litert, tracking
 from lepton_tasks.data.snapshot import read_manifest
 from lepton_tasks.model_catalog import model_source
 from lepton_tasks.registry import (
@@ -224,6 +224,11 @@ def _lineage_tags(
         {"success": validation.success, "evaluated": validation.evaluated} if validation else {}
     )
     return {
+        **(
+            {litert.URI_TAG: evaluated.litert_model_uri, litert.SHA_TAG: evaluated.litert_sha256}
+            if evaluated.litert_model_uri and evaluated.litert_sha256
+            else {}
+        ),
         "lepton.snapshot_id": manifest["snapshot_id"],
         "lepton.snapshot_sha256": manifest["sha256"],
         "lepton.snapshot_uri": evaluated.snapshot_uri,

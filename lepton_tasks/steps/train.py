@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel
 
-from lepton_tasks import content_cache, storage, tracking
+from lepton_tasks import content_cache, litert, storage, tracking
 from lepton_tasks.data.snapshot import read_manifest
 from lepton_tasks.data.stream import SplitStream, make_dataset
 from lepton_tasks.distributed import Cluster
@@ -47,6 +47,7 @@ class TrainParams(BaseModel):
     deterministic: bool = False
     augment: str = "none"  # none, shift-rotate, or shift-rotate-flip (see AUGMENTATIONS)
     steps_per_execution: int = 32  # batches per compiled call (1 with several workers)
+    steps_per_epoch: int | None = None  # None: one pass over the train split per epoch
 
 
 # Random shifts (10 % of a side), rotations (±18°) and, where mirrored images are still the
@@ -101,7 +102,9 @@ def configure_devices(params: TrainParams, cluster: Cluster | None = None) -> tu
     if params.mixed_precision not in ("auto", "on", "off"):
         raise UsageError("--mixed-precision takes auto, on or off")
     mixed = params.mixed_precision == "on" or (params.mixed_precision == "auto" and bool(gpus))
-    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    # float16 on GPUs; bfloat16 on CPUs, which oneDNN runs natively with AMX or AVX-512 BF16
+    half = "mixed_float16" if gpus else "mixed_bfloat16"
+    keras.mixed_precision.set_global_policy(half if mixed else "float32")
     if cluster is not None and cluster.distributed:
         # all-reduce of the gradients every step, across the TF_CONFIG cluster
         strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -181,7 +184,7 @@ class Schedule(BaseModel):
 
 def resolve_schedule(params: TrainParams, train_examples: int, default_rate: float) -> Schedule:
     """Epochs (params' or `auto_epochs`), steps per epoch and the peak learning rate."""
-    steps_per_epoch = math.ceil(train_examples / params.batch_size)
+    steps_per_epoch = params.steps_per_epoch or math.ceil(train_examples / params.batch_size)
     return Schedule(
         epochs=params.epochs or auto_epochs(steps_per_epoch),
         steps_per_epoch=steps_per_epoch,
@@ -344,12 +347,7 @@ def train(
             run_dir=run_dir,
             snapshot_uri=snapshot_uri,
             model_uri=folder.model_file_uri,
-            # a multi-worker model predicts only in lockstep: its saved copy is logged
-            mlflow_model_uri=_log_model(
-                load_keras(folder.model_file_uri) if cluster.distributed else model,
-                val_split.head(5),
-                manifest["class_names"],
-            ),
+            **_exported(model, folder, val_split, manifest["class_names"], cluster),
             mlflow_run_id=run.info.run_id,
             mlflow_experiment_id=run.info.experiment_id,
             architecture=params.architecture,
@@ -358,6 +356,24 @@ def train(
         )
     _keep(folder, params, snapshot_uri, result)
     return result
+
+
+def _exported(
+    model: Any, folder: RunFolder, val_split: SplitStream, class_names: list[str], cluster: Cluster
+) -> dict[str, Any]:
+    """The model logged to MLflow, and its LiteRT copy if it predicts the same (for evaluate).
+
+    A multi-worker model predicts only in lockstep with the other workers: its saved copy
+    stands in for it.
+    """
+    servable = load_keras(folder.model_file_uri) if cluster.distributed else model
+    examples = val_split.head(64)
+    sha256 = litert.export_verified(servable, folder.litert_model_uri, examples)
+    return {
+        "mlflow_model_uri": _log_model(servable, examples[:5], class_names),
+        "litert_model_uri": folder.litert_model_uri if sha256 else None,
+        "litert_sha256": sha256,
+    }
 
 
 def _keep(folder: RunFolder, params: TrainParams, snapshot_uri: str, result: TrainResult) -> None:
@@ -552,6 +568,8 @@ def fit(
         # two checkpoints: a kill while one is written leaves the other to resume from
         callbacks.insert(0, keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True))
     train_data = make_dataset(train_split, params.batch_size, params.seed, training=True)
+    if params.steps_per_epoch:  # epochs of a set number of batches, the data cycled through
+        train_data = train_data.repeat()
     if isinstance(model.distribute_strategy, _multi_worker_strategy()):
         _build_for_multi_worker(model, train_data)
     started = time.perf_counter()
@@ -560,6 +578,7 @@ def fit(
         validation_data=make_dataset(val_split, params.batch_size, params.seed, training=False),
         epochs=schedule.epochs,
         callbacks=callbacks,
+        steps_per_epoch=params.steps_per_epoch,
         shuffle=False,  # the dataset shuffles itself, seeded
         verbose=0,
     )
@@ -573,8 +592,14 @@ def fit(
         initial_epoch=reporter.initial_epoch,
         best=int(np.argmin(curves["val_loss"])),
         seconds=seconds,
-        images_per_second=train_split.count * epochs_this_try / seconds,
+        images_per_second=_examples_per_epoch(train_split, params) * epochs_this_try / seconds,
     )
+
+
+def _examples_per_epoch(train_split: SplitStream, params: TrainParams) -> int:
+    if params.steps_per_epoch:
+        return params.steps_per_epoch * params.batch_size
+    return train_split.count
 
 
 def _multi_worker_strategy() -> type:

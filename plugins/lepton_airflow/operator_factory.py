@@ -63,6 +63,10 @@ def step_operator(
         from lepton_airflow.runtimes.docker_container import docker_step_operator
 
         return docker_step_operator(name, options, environment, secrets, settings, common, gpu=gpu)
+    if settings.runtime == "kubernetes" and name == "train" and settings.train_workers > 1:
+        from lepton_airflow.runtimes.kubernetes_job import kubernetes_train_job_operator
+
+        return kubernetes_train_job_operator(name, options, environment, settings, common, gpu=gpu)
     if settings.runtime == "kubernetes":
         from lepton_airflow.runtimes.kubernetes_pod import kubernetes_step_operator
 

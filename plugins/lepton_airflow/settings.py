@@ -45,6 +45,15 @@ class RuntimeSettings(Settings):
     task_image: str = "lepton/task:0.2.0"
     gpu_task_image: str = "lepton/task-gpu:0.2.0"
     train_gpus: int = Field(default=1, ge=0, description="GPUs for train; 0 trains on CPU.")
+    train_workers: int = Field(
+        default=1,
+        ge=1,
+        description="Kubernetes runtime: worker pods for train, an indexed Job (TF_CONFIG).",
+    )
+    train_workers_service: str = Field(
+        default="lepton-train-workers",
+        description="The headless Service giving the train workers their DNS names.",
+    )
 
     docker_url: str = "unix://var/run/docker.sock"
     docker_network: str | None = None

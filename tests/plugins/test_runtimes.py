@@ -297,3 +297,43 @@ def test_orchestration_settings_never_reach_the_steps(monkeypatch: pytest.Monkey
         k for k in {**plain, **secret} if k.startswith(("LEPTON_K8S", "LEPTON_RUN", "LEPTON_SCH"))
     }
     assert plain["LEPTON_MIN_IMPROVEMENT"] == "0.01"
+
+
+def test_kubernetes_runtime_trains_on_n_worker_pods_as_an_indexed_job(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
+
+    from lepton_airflow.runtimes.kubernetes_job import chief_result
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.lepton:5000")
+    settings = k8s_settings().model_copy(update={"train_workers": 3})
+    operator = rendered(step("train", settings=settings, **OPTIONS))
+    assert isinstance(operator, KubernetesJobOperator)
+    from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
+
+    # the Job render asks the hook whether it runs in a cluster: here, no cluster at all
+    monkeypatch.setattr(KubernetesHook, "is_in_cluster", property(lambda hook: False))
+    job = operator.build_job_request_obj()
+    assert (job.spec.completion_mode, job.spec.completions, job.spec.parallelism) == (
+        "Indexed",
+        3,
+        3,
+    )
+    assert job.spec.backoff_limit == 0  # workers in lockstep: the Airflow retry restarts all
+    pod = job.spec.template
+    assert pod.spec.subdomain == "lepton-train-workers"  # the headless Service's name
+    assert pod.metadata.labels["lepton.dev/train-workers"] == "true"
+    container = pod.spec.containers[0]
+    assert container.args == ["train", *EXPECTED_ARGS]
+    assert container.resources.limits == {"nvidia.com/gpu": "1"}  # one GPU per worker
+    env = {e.name: e.value for e in container.env}
+    assert env["LEPTON_TRAIN_WORKERS"] == "3"
+    assert env["LEPTON_TRAIN_WORKERS_SERVICE"] == "lepton-train-workers"
+    assert container.security_context.read_only_root_filesystem
+    # the other steps stay single pods
+    assert not isinstance(step("evaluate", settings=settings, run_dir="r"), KubernetesJobOperator)
+    worker = {"step": "train-worker", "worker": 1}
+    assert chief_result([worker, {"step": "train", "model_uri": "m"}], 2)["model_uri"] == "m"
+    with pytest.raises(Exception, match="0 chief results"):
+        chief_result([worker, worker], 2)
