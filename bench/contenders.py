@@ -30,7 +30,7 @@ def mnist() -> tuple[np.ndarray, np.ndarray]:
 
 
 def keras_convnet() -> dict:
-    """(a) The Keras 'simple MNIST convnet' example, as published."""
+    """The Keras 'simple MNIST convnet' example, as published."""
     import keras
     from keras import layers
 
@@ -64,7 +64,7 @@ def keras_convnet() -> dict:
 
 
 def article_recipe() -> dict:
-    """(b) The article's recipe: seed_cnn, Adam 1e-3, batch 64, fit(10 epochs) called 10 times."""
+    """The article's recipe: seed_cnn, Adam 1e-3, batch 64, fit(10 epochs) called 10 times."""
     import keras
 
     from lepton_tasks.models import get_architecture
@@ -92,7 +92,7 @@ def article_recipe() -> dict:
 
 
 def lepton_train_step() -> dict:
-    """(c) Lepton's train step, default model and settings, on a snapshot of the 8,000 images."""
+    """Lepton's train step, default model and settings, on a snapshot of the 8,000 images."""
     images, labels = mnist()
     with tempfile.TemporaryDirectory() as scratch:
         os.environ["LEPTON_HOME"] = scratch

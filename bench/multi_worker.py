@@ -9,6 +9,7 @@ with one batch per graph call (what multi-worker training runs), and two workers
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -44,16 +45,24 @@ def train(
     command = [CLI, "train", "--run-dir", run_dir, "--snapshot", snapshot, "--epochs", EPOCHS,
                "--seed", "1", *extra]  # fmt: skip
     started = time.perf_counter()
-    processes = []
-    for index in range(workers):
-        config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
-        worker_env = {**env, "TF_CONFIG": json.dumps(config)} if workers > 1 else env
-        processes.append(
-            subprocess.Popen(
-                command, env=worker_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-            )
-        )
-    outputs = [p.communicate(timeout=1800) for p in processes]
+    with contextlib.ExitStack() as files:
+        processes, logs = [], []
+        for index in range(workers):
+            config = {"cluster": {"worker": hosts}, "task": {"type": "worker", "index": index}}
+            worker_env = {**env, "TF_CONFIG": json.dumps(config)} if workers > 1 else env
+            out, err = (files.enter_context(tempfile.TemporaryFile("w+")) for _ in range(2))
+            logs.append((out, err))  # files, not pipes: a full pipe would stall a worker
+            processes.append(subprocess.Popen(command, env=worker_env, stdout=out, stderr=err))
+        while any(p.poll() is None for p in processes):
+            if any(p.returncode not in (None, 0) for p in processes):
+                for process in processes:  # a dead worker leaves the others waiting for it
+                    process.kill()
+            time.sleep(0.2)
+        outputs = []
+        for out, err in logs:
+            out.seek(0)
+            err.seek(0)
+            outputs.append((out.read(), err.read()))
     wall = time.perf_counter() - started
     for process, (_, err) in zip(processes, outputs, strict=True):
         if process.returncode != 0:

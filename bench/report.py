@@ -88,19 +88,26 @@ def lever_lines(acc: dict, keras: dict) -> list[str]:
     return [*lines, ""]
 
 
+OVERHEAD_STEPS = (
+    "pipeline_start",
+    "ingest",
+    "check_inputs",
+    "validate",
+    "train",
+    "evaluate",
+    "register",
+    "pipeline_end",
+)
+
+
 def overhead_section(over: dict) -> list[str]:
     runs = over["runs"]
     dag = statistics.median(r["dag_wall"] for r in runs)
+    if any("dag_keras_wall" not in r for r in runs):
+        return ["## 2. Orchestration overhead", "", "(results from an older bench/run.py)", ""]
+    dag_run = statistics.median(r["tasks"]["dag_run"] for r in runs)
+    keras = statistics.median(r["dag_keras_wall"] for r in runs)
     single = statistics.median(r["single_wall"] for r in runs)
-    steps = [
-        "pipeline_start",
-        "ingest",
-        "validate",
-        "train",
-        "evaluate",
-        "register",
-        "pipeline_end",
-    ]
     lines = [
         "## 2. Orchestration overhead",
         "",
@@ -108,54 +115,68 @@ def overhead_section(over: dict) -> list[str]:
         "local runtime, one process per step, SQLite metadata DB, fresh MLflow store) against the "
         "same step functions called one after another in one Python process (also a fresh "
         "process and store), same landing batch (the first 8,000 MNIST images), default "
-        "training settings. Wall time of each whole command, median of the runs.",
+        "training settings. Wall time of each whole command, median of the runs. The lever is "
+        "measured side by side: the same DAG with `LEPTON_LITERT_COPY=false`, where evaluate "
+        "loads the Keras model (TensorFlow) as it did before this round.",
         "",
         "| | median s | runs |",
         "|---|---|---|",
         f"| DAG run (`airflow dags test`) | {dag:.1f} | {_walls(runs, 'dag_wall')} |",
+        f"| DAG run, evaluate with Keras (before) | {keras:.1f} | {_walls(runs, 'dag_keras_wall')} |",
         f"| single process | {single:.1f} | {_walls(runs, 'single_wall')} |",
         "",
-        "Where the time goes (median seconds): the task's duration in Airflow vs the step's time "
-        "inside the single process; the difference is the step's own process start and imports.",
+        "Per step (median seconds): the Airflow task's duration before and after, the step's "
+        "time inside the single process, and what the task pays beyond it (its process start "
+        "and imports):",
         "",
-        "| step | Airflow task | in-process | difference |",
-        "|---|---|---|---|",
+        "| step | task, before | task, after | in-process | difference after |",
+        "|---|---|---|---|---|",
     ]
-    total_task = 0.0
-    total_in = 0.0
-    for step in steps:
-        task = statistics.median(r["tasks"].get(step) or 0.0 for r in runs)
+    totals = [0.0, 0.0, 0.0]
+    for step in OVERHEAD_STEPS:
+        before = statistics.median(r["tasks_keras"].get(step) or 0.0 for r in runs)
+        after = statistics.median(r["tasks"].get(step) or 0.0 for r in runs)
         inside = statistics.median(r["single"].get(step) or 0.0 for r in runs)
-        total_task += task
-        total_in += inside
-        lines.append(f"| {step} | {task:.1f} | {inside:.1f} | {task - inside:+.1f} |")
+        for i, value in enumerate((before, after, inside)):
+            totals[i] += value
+        lines.append(
+            f"| {step} | {before:.1f} | {after:.1f} | {inside:.1f} | {after - inside:+.1f} |"
+        )
     imports = statistics.median(r["single"]["imports"] for r in runs)
+    costs = over["import_costs"]
+    floor = costs["great_expectations"] + costs["tensorflow"] + 5 * costs["mlflow"]
     lines += [
-        f"| all steps | {total_task:.1f} | {total_in:.1f} | {total_task - total_in:+.1f} |",
+        f"| all steps | {totals[0]:.1f} | {totals[1]:.1f} | {totals[2]:.1f} | "
+        f"{totals[1] - totals[2]:+.1f} |",
         "",
         f"- Single process: {imports:.1f} s of imports once, the rest is the steps' work.",
-        f"- Airflow outside the tasks (CLI start, DAG parse, scheduling loop, state writes): "
-        f"{dag - total_task:.1f} s.",
+        f"- The DAG run itself (its start to its end in Airflow's database) {dag_run:.1f} s; "
+        f"Airflow between and around the tasks (CLI start, DAG parse, scheduling, state "
+        f"writes): {dag - totals[1]:.1f} s.",
         "- Import costs in a fresh process here (median of 3): "
-        + ", ".join(f"`{k}` {v:.1f} s" for k, v in over["import_costs"].items()),
+        + ", ".join(f"`{k}` {v:.1f} s" for k, v in costs.items()),
         "",
-        f"Target: DAG run at most 1.5x the single-process run. Measured {dag / single:.2f}x. "
-        f"{verdict(dag / single <= 1.5)}",
+        f"Target: DAG run at most 1.5x the single-process run. Measured **{dag / single:.2f}x** "
+        f"(before the lever: {keras / single:.2f}x; the DAG run alone, without the CLI's start: "
+        f"{dag_run / single:.2f}x). {verdict(dag / single <= 1.5)}",
         "",
-        "Where the difference goes: each step process pays its own interpreter start and the "
-        "imports it needs; the single process pays them once. MLflow's import is paid by five "
-        "processes (pipeline_start, train, evaluate, register, pipeline_end), TensorFlow by two "
-        "(train, evaluate: evaluate's +13 s is almost all TensorFlow and the model load), Great "
-        "Expectations by validate; pipeline_start also creates the MLflow SQLite schema. Airflow's "
-        "own share outside the tasks is small.",
-        "",
-        "Already cut, per step: scikit-learn is never imported (the digits CSV is read directly, "
-        "metrics are numpy: ~7 s per step that used it); MLflow's inference of a logged model's "
-        "pip requirements (a subprocess that re-imports the model, ~10 s in train) is replaced by "
-        "explicit pins; `--help` and the CLI import no heavy library (0.6 s). What is left is "
-        "structural: one process per step is the isolation the container runtimes need. Paths "
-        "to 1.5x: run evaluate and register in one task, or keep a warm worker process per DAG "
-        "run; both trade away isolation and were not done.",
+        "Cut this round: evaluate predicts with the model's verified LiteRT copy, so its process "
+        "never imports TensorFlow (the table's evaluate row, before and after). What is left is "
+        "the imports each step process needs and the single process pays once: Great "
+        f"Expectations in validate ({costs['great_expectations']:.1f} s), TensorFlow in train "
+        f"({costs['tensorflow']:.1f} s), MLflow's client in the five steps that write to MLflow "
+        f"({costs['mlflow']:.1f} s each, plus opening the SQLite store). Those alone are "
+        f"{floor:.0f} s, against a budget of {0.5 * single:.0f} s (half the single process)"
+        + (
+            ": with one isolated process per step and a SQLite store, 1.5x is out of reach at "
+            "this training size; a longer training (more data, more epochs) lowers the ratio, "
+            "since the overhead is fixed."
+            if floor > 0.5 * single
+            else "."
+        )
+        + " Not done: a REST-only MLflow client for the steps (it applies only "
+        "where MLflow is a server, not to the SQLite default measured here), and running steps "
+        "in one warm process (which gives up the isolation).",
         "",
     ]
     return lines

@@ -262,6 +262,15 @@ STEPS_PER_EXECUTION = "Batches per compiled call (1 with several workers)."
 STEPS_PER_EPOCH = (
     "Batches per epoch, cycling through the data [default: one pass over the train split]."
 )
+BATCH_SIZE = "Examples per step (with several workers: across all of them)."
+MIXED_PRECISION = (
+    "auto (on with a GPU), on or off: float16 on GPUs, bfloat16 on CPUs (native with AMX or "
+    "AVX-512 BF16, emulated and slower elsewhere)."
+)
+AUGMENT = (
+    "none (default), shift-rotate, or shift-rotate-flip (where a mirrored image is the same "
+    "class): seeded random shifts, rotations and flips while training."
+)
 FORCE_RETRAIN = (
     "Train even if an earlier run trained the same data, params and code (otherwise its result "
     "is reused)."
@@ -286,32 +295,26 @@ def train(
             "optimizer steps, at least 5].",
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 64,
+    batch_size: Annotated[int, typer.Option(min=1, help=BATCH_SIZE)] = 64,
     learning_rate: Annotated[
         float | None, typer.Option(help="Peak learning rate [default: the model's own].")
     ] = None,
     patience: Annotated[int, typer.Option(min=1, help="Early-stopping patience in epochs.")] = 3,
     seed: Annotated[int, typer.Option(envvar="LEPTON_SEED")] = 42,
     snapshot: SnapshotUri = None,
-    mixed_precision: Annotated[str, typer.Option(help="auto (on with a GPU), on or off.")] = "auto",
+    mixed_precision: Annotated[str, typer.Option(help=MIXED_PRECISION)] = "auto",
     jit_compile: Annotated[
         str, typer.Option(help="XLA: auto (Keras decides), on or off.")
     ] = "auto",
     deterministic: Annotated[bool, typer.Option(help="Deterministic ops (slower).")] = False,
     steps_per_execution: Annotated[int, typer.Option(min=1, help=STEPS_PER_EXECUTION)] = 32,
     steps_per_epoch: Annotated[int | None, typer.Option(min=1, help=STEPS_PER_EPOCH)] = None,
-    augment: Annotated[
-        str,
-        typer.Option(
-            help="none (default), shift-rotate, or shift-rotate-flip (where a mirrored image is "
-            "the same class): seeded random shifts, rotations and flips while training."
-        ),
-    ] = "none",
+    augment: Annotated[str, typer.Option(help=AUGMENT)] = "none",
     force_retrain: Annotated[bool, typer.Option(help=FORCE_RETRAIN)] = False,
     parent_run_id: ParentRun = None,
 ) -> None:
     """Train a Keras model on the snapshot; resumes from the last epoch when re-run."""
-    from lepton_tasks.distributed import cluster_from_env
+    from lepton_tasks.distributed import cluster_from_env, is_other_worker
     from lepton_tasks.results import IngestResult
     from lepton_tasks.steps.train import TrainParams, train_worker
     from lepton_tasks.steps.train import train as train_step
@@ -328,7 +331,9 @@ def train(
             snapshot_uri, run_dir, params, parent_run_id, force=force_retrain, cluster=cluster
         )
 
-    run_step("train", run_dir, action)
+    # a worker other than the chief leaves the run folder (its result and error) to the chief
+    worker = is_other_worker()
+    run_step("train-worker" if worker else "train", None if worker else run_dir, action)
 
 
 @app.command()

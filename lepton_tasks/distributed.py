@@ -41,9 +41,11 @@ def _parse(tf_config: str) -> Cluster:
     try:
         config = json.loads(tf_config)
         cluster, task = config["cluster"], config["task"]
-        chiefs, workers = list(cluster.get("chief", [])), list(cluster.get("worker", []))
+        chiefs, workers = cluster.get("chief", []), cluster.get("worker", [])
         kind, index = str(task["type"]), int(task["index"])
-    except (ValueError, KeyError, TypeError) as exc:
+        if not isinstance(chiefs, list) or not isinstance(workers, list) or len(chiefs) > 1:
+            raise TypeError("cluster.worker must be a list, cluster.chief a list of at most one")
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(
             "TF_CONFIG must be JSON with cluster.worker (a list of host:port) and task.type/"
             f"task.index: {type(exc).__name__}: {exc}"
@@ -76,12 +78,27 @@ def cluster_from_env() -> Cluster:
     """
     if tf_config := os.environ.get("TF_CONFIG"):
         return _parse(tf_config)
-    workers = int(os.environ.get("LEPTON_TRAIN_WORKERS", "1") or 1)
-    index = os.environ.get("JOB_COMPLETION_INDEX")
-    if workers <= 1 or index is None:
+    try:
+        workers = int(os.environ.get("LEPTON_TRAIN_WORKERS", "1") or 1)
+        index = os.environ.get("JOB_COMPLETION_INDEX")
+        index_number = int(index) if index is not None else None
+    except ValueError as exc:
+        raise UsageError(
+            f"LEPTON_TRAIN_WORKERS and JOB_COMPLETION_INDEX are numbers: {exc}"
+        ) from None
+    if workers <= 1 or index_number is None:
         return Cluster()
     subdomain = os.environ.get("LEPTON_TRAIN_WORKERS_SERVICE", "lepton-train-workers")
     os.environ["TF_CONFIG"] = indexed_job_tf_config(
-        workers, int(index), socket.gethostname(), subdomain
+        workers, index_number, socket.gethostname(), subdomain
     )
     return _parse(os.environ["TF_CONFIG"])
+
+
+def is_other_worker() -> bool:
+    """Whether this process is a worker other than the chief (False when TF_CONFIG is bad:
+    the step then reports it)."""
+    try:
+        return not cluster_from_env().is_chief
+    except UsageError:
+        return False

@@ -19,13 +19,16 @@ from typing import Any
 import numpy as np
 
 from lepton_tasks import storage
+from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 TOLERANCE = 1e-4
-# A registered version's copy, for evaluate to score the champion with (set by register)
+# A registered version's copy, for evaluate to score the champion with (set by register); the
+# sha256 must also be its train run's parameter, which nobody can change once logged.
 URI_TAG = "lepton.litert_model_uri"
 SHA_TAG = "lepton.litert_sha256"
+SHA_PARAM = "litert_sha256"
 
 
 def export_verified(model: Any, uri: str, examples: np.ndarray) -> str | None:
@@ -87,14 +90,20 @@ class LiteRTModel:
 
 
 def load_verified(uri: str | None, sha256: str | None) -> LiteRTModel | None:
-    """The LiteRT copy at `uri` if it is still the one train verified; else None (use Keras)."""
-    if not uri or not sha256 or not storage.exists(uri):
-        return None
-    payload = storage.open_uri(uri, "rb").read()
-    if hashlib.sha256(payload).hexdigest() != sha256:
-        log.warning("the LiteRT copy %s changed since training: predicting with Keras", uri)
+    """The LiteRT copy at `uri` if it is still the one train verified; else None (use Keras).
+
+    Off with LEPTON_LITERT_COPY=false. Whatever goes wrong reading it (a missing file, an
+    unknown scheme, no `ai-edge-litert` in a slim image) is a warning and Keras predicts.
+    """
+    if not uri or not sha256 or not get_settings().litert_copy:
         return None
     try:
+        with storage.open_uri(uri, "rb") as handle:
+            payload = handle.read()
+        if hashlib.sha256(payload).hexdigest() != sha256:
+            log.warning("the LiteRT copy %s changed since training: predicting with Keras", uri)
+            return None
         return LiteRTModel(payload)
-    except ImportError:  # ai-edge-litert not installed (a slim image): Keras it is
+    except (OSError, ValueError, RuntimeError, ImportError) as exc:
+        log.warning("no LiteRT copy from %s (%s): predicting with Keras", uri, exc)
         return None

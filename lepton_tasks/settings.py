@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     max_image_side: int = Field(default=4096, ge=1)
     experiment_name: str = "lepton"
     model_name: str = "lepton-digits"
+    litert_copy: bool = Field(
+        default=True,
+        description="Train writes a verified LiteRT copy; evaluate predicts with it (no TF).",
+    )
     # None: the class set is read from the labels (and checked against the champion's).
     classes: tuple[str, ...] | None = None
 

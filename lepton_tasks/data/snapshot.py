@@ -16,6 +16,7 @@ folder never changes once it exists, and the same content is one folder.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -221,7 +222,13 @@ def read_manifest(snapshot_uri: str) -> dict[str, Any]:
     uri = storage.join(snapshot_uri, MANIFEST)
     if not storage.exists(uri):
         raise InputDataError("not a Lepton snapshot: manifest.json is missing", where=snapshot_uri)
-    return storage.read_json(uri)
+    manifest = storage.read_json(uri)
+    for split, names in (manifest.get("shards") or {}).items():
+        # only the split's own shards, in the snapshot folder: no ../, no other split's
+        bad = [n for n in names if not re.fullmatch(rf"{re.escape(split)}-\d{{5}}\.npz", str(n))]
+        if bad:
+            raise InputDataError(f"the manifest lists odd {split} shards {bad[:3]}", where=uri)
+    return manifest
 
 
 def iter_shards(snapshot_uri: str, split: str) -> Iterator[dict[str, np.ndarray]]:

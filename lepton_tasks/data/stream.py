@@ -116,7 +116,7 @@ class SplitStream:
         if not storage.is_local(self.snapshot_uri):
             return None
         folder = storage.filesystem(self.snapshot_uri)[1]  # a plain path, file:// or not
-        layouts = [shard_layout(f"{folder}/{name}") for name in self.shards]
+        layouts = [shard_layout(f"{folder}/{name}", self.image_shape) for name in self.shards]
         return None if any(layout is None for layout in layouts) else layouts  # type: ignore[return-value]
 
     def head(self, n: int) -> np.ndarray:
@@ -143,11 +143,18 @@ class ShardLayout(NamedTuple):
 
 
 def _npy_member(handle: Any, info: zipfile.ZipInfo) -> tuple[int, tuple[int, ...], np.dtype]:
-    """The data offset, shape and dtype of one stored `.npy` member of an open zip file."""
+    """The data offset, shape and dtype of one stored `.npy` member of an open zip file.
+
+    Checked as numpy would: the local header, no encryption, and a member exactly as long as
+    its header and data (else TensorFlow would read the next member's bytes as pixels).
+    """
     handle.seek(info.header_offset)
     local_header = handle.read(30)
+    if len(local_header) < 30 or local_header[:4] != b"PK\x03\x04" or info.flag_bits & 0x1:
+        raise ValueError("not a plain stored zip member")
     name_length, extra_length = struct.unpack("<HH", local_header[26:30])
-    handle.seek(info.header_offset + 30 + name_length + extra_length)
+    start = info.header_offset + 30 + name_length + extra_length
+    handle.seek(start)
     version = np.lib.format.read_magic(handle)
     read_header = (
         np.lib.format.read_array_header_1_0
@@ -155,12 +162,15 @@ def _npy_member(handle: Any, info: zipfile.ZipInfo) -> tuple[int, tuple[int, ...
         else np.lib.format.read_array_header_2_0
     )
     shape, fortran_order, dtype = read_header(handle)
+    data_at = handle.tell()
     if fortran_order:
         raise ValueError("Fortran-ordered array")
-    return handle.tell(), shape, dtype
+    if data_at - start + int(np.prod(shape)) * dtype.itemsize != info.file_size:
+        raise ValueError("the member's size does not match its array")
+    return data_at, shape, dtype
 
 
-def shard_layout(path: str) -> ShardLayout | None:
+def shard_layout(path: str, image_shape: tuple[int, ...] | None = None) -> ShardLayout | None:
     """The byte ranges of a local shard's images and labels, for TensorFlow to read directly.
 
     None when the shard is not laid out as `np.savez` writes it (compressed, other dtypes):
@@ -174,17 +184,27 @@ def shard_layout(path: str) -> ShardLayout | None:
                 if info.compress_type != zipfile.ZIP_STORED:
                     return None
                 members[name] = _npy_member(handle, info)
-    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+    except (OSError, KeyError, ValueError, struct.error, zipfile.BadZipFile):
         return None
     (x_at, x_shape, x_dtype), (y_at, y_shape, y_dtype) = members["x.npy"], members["y.npy"]
     if x_dtype != np.uint8 or y_dtype != np.dtype("<i2") or x_shape[:1] != y_shape:
+        return None
+    if image_shape is not None and tuple(x_shape[1:]) != tuple(image_shape):
         return None
     count = int(y_shape[0])
     return ShardLayout(path, count, x_at, int(np.prod(x_shape)), y_at, 2 * count)
 
 
-# The shuffle buffer bounds training's memory: 50,000 MNIST images are 39 MB as uint8.
+# The shuffle buffer bounds training's memory: at most 50,000 images and 256 MiB of them
+# (50,000 MNIST images are 39 MB as uint8; 224x224 colour ones fill 256 MiB at 1,700).
 SHUFFLE_BUFFER = 50_000
+SHUFFLE_BUFFER_BYTES = 256 * 1024**2
+
+
+def shuffle_buffer(stream: SplitStream) -> int:
+    """How many examples the training shuffle holds for this split."""
+    per_image = max(1, int(np.prod(stream.image_shape)))
+    return max(1, min(stream.count, SHUFFLE_BUFFER, SHUFFLE_BUFFER_BYTES // per_image))
 
 
 def make_dataset(stream: SplitStream, batch_size: int, seed: int, training: bool) -> Any:
@@ -202,7 +222,7 @@ def make_dataset(stream: SplitStream, batch_size: int, seed: int, training: bool
     import tensorflow as tf
 
     layouts = stream.layouts()
-    buffer = max(1, min(stream.count, SHUFFLE_BUFFER)) if training else 0
+    buffer = shuffle_buffer(stream) if training else 0
     if layouts is not None:
         examples = _read_shards(stream, layouts, seed, training)
         if training:

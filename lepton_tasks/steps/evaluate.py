@@ -426,6 +426,8 @@ def _score_champion(
 
     For a champion of other classes, why there is no comparison instead.
     """
+    import mlflow
+
     class_names = manifest["class_names"]
     version = champion_version(params.model_name)
     if version is None:
@@ -436,8 +438,8 @@ def _score_champion(
         other = f"the class set changed from the champion v{version.version}'s {theirs} to {class_names}"
         log.warning("%s", other)
         return None, None, other
-    tags = version.tags or {}
-    model = litert.load_verified(tags.get(litert.URI_TAG), tags.get(litert.SHA_TAG))
+    model = litert.load_verified(*_champion_copy(version))
+    mlflow.set_tag("lepton.champion_predicted_with", _runtime(model))
     if model is None:
         with tracking.tracking_errors("loading the champion model"):
             # by number: the alias could move between the lookup and the load
@@ -460,6 +462,25 @@ def _score_champion(
         metrics={k: round(v, 6) for k, v in metrics.items() if k in METRICS},
     )
     return score, evidence, None
+
+
+def _champion_copy(version: Any) -> tuple[str | None, str | None]:
+    """The champion's LiteRT copy and its sha256, if its train run logged that same sha256.
+
+    Version tags can be edited by anyone with registry access; a run's parameters cannot be
+    changed once logged, so the tag alone never decides what scores the champion.
+    """
+    from mlflow import MlflowClient
+
+    tags = version.tags or {}
+    uri, sha256 = tags.get(litert.URI_TAG), tags.get(litert.SHA_TAG)
+    if not uri or not sha256 or not version.run_id:
+        return None, None
+    logged = MlflowClient().get_run(version.run_id).data.params.get(litert.SHA_PARAM)
+    if logged != sha256:
+        log.warning("champion v%s's LiteRT tags do not match its train run", version.version)
+        return None, None
+    return uri, sha256
 
 
 def champion_classes(version: Any) -> list[str] | None:

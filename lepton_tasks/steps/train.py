@@ -29,6 +29,7 @@ from lepton_tasks.model_catalog import model_code_version
 from lepton_tasks.models import DEFAULT_ARCHITECTURE, get_architecture, load_keras, save_keras
 from lepton_tasks.results import TrainResult, TrainWorkerResult, records_result
 from lepton_tasks.run_folder import RunFolder
+from lepton_tasks.settings import get_settings
 
 log = logging.getLogger(__name__)
 
@@ -368,7 +369,15 @@ def _exported(
     """
     servable = load_keras(folder.model_file_uri) if cluster.distributed else model
     examples = val_split.head(64)
-    sha256 = litert.export_verified(servable, folder.litert_model_uri, examples)
+    sha256 = (
+        litert.export_verified(servable, folder.litert_model_uri, examples)
+        if get_settings().litert_copy
+        else None
+    )
+    if sha256:
+        import mlflow
+
+        mlflow.log_param(litert.SHA_PARAM, sha256)  # write-once: what evaluate trusts
     return {
         "mlflow_model_uri": _log_model(servable, examples[:5], class_names),
         "litert_model_uri": folder.litert_model_uri if sha256 else None,

@@ -21,7 +21,7 @@ import pandas as pd
 
 from lepton_tasks import storage
 from lepton_tasks.data.snapshot import SPLITS, iter_shards, read_manifest
-from lepton_tasks.errors import ClassSetError, DataValidationError
+from lepton_tasks.errors import ClassSetError, DataValidationError, InputDataError
 from lepton_tasks.quarantine import quarantine_bad_data
 from lepton_tasks.results import ValidateResult, records_result
 from lepton_tasks.run_folder import RunFolder
@@ -57,13 +57,41 @@ def example_table(snapshot_uri: str) -> pd.DataFrame:
     filled = 0
     for split_index, split in enumerate(SPLITS):
         for shard in iter_shards(snapshot_uri, split):
+            _check_shard(shard, filled, total, manifest, snapshot_uri)
             filled = _fill_rows(columns, filled, split_index, shard)
-    batch_names = [b["name"] for b in manifest["batches"]] or ["source"]
-    table = {name: values[:filled] for name, values in columns.items()}
+    if filled != total:
+        raise InputDataError(
+            f"the shards hold {filled} examples, the manifest says {total}: the snapshot is "
+            "incomplete or was changed",
+            where=snapshot_uri,
+        )
+    table: dict[str, Any] = dict(columns)
     table["split"] = pd.Categorical.from_codes(table["split"], categories=list(SPLITS))
-    table["label"] = pd.Categorical.from_codes(table["label"], categories=manifest["class_names"])
-    table["batch"] = pd.Categorical.from_codes(table["batch"], categories=batch_names)
+    # names by index, as objects: two batches may share a name (a.npz and a.parquet)
+    table["label"] = np.asarray(manifest["class_names"], dtype=object)[table["label"]]
+    batch_names = [b["name"] for b in manifest["batches"]] or ["source"]
+    table["batch"] = np.asarray(batch_names, dtype=object)[table["batch"]]
     return pd.DataFrame(table)
+
+
+def _check_shard(
+    shard: dict[str, np.ndarray], filled: int, total: int, manifest: dict[str, Any], where: str
+) -> None:
+    """A shard as ingest writes it: uint8 images, labels and batches in range, room left."""
+    images, labels, batches = shard["x"], shard["y"], shard["b"]
+    problem = None
+    if filled + len(images) > total:
+        problem = f"the shards hold more examples than the manifest's {total}"
+    elif images.dtype != np.uint8:
+        problem = f"images of type {images.dtype}, not uint8"
+    elif len(labels) and not 0 <= labels.min() <= labels.max() < len(manifest["class_names"]):
+        problem = "labels outside the class set"
+    elif len(batches) and not 0 <= batches.min() <= batches.max() < max(
+        1, len(manifest["batches"])
+    ):
+        problem = "batch numbers outside the manifest's batches"
+    if problem:
+        raise InputDataError(f"{problem}: the snapshot was not written by ingest", where=where)
 
 
 def _fill_rows(

@@ -63,6 +63,24 @@ def test_the_cluster_comes_from_tf_config_or_an_indexed_job(
     assert config["task"] == {"type": "worker", "index": 1}
     with pytest.raises(UsageError, match="indexed Job"):
         indexed_job_tf_config(3, 1, "some-pod-0", "svc")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": "a:1"}, "task": {}}))
+    with pytest.raises(UsageError, match="TF_CONFIG must be JSON"):
+        cluster_from_env()
+
+
+def test_an_indexed_job_pod_builds_its_tf_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    # set (empty), not deleted: the TF_CONFIG the step exports must not outlive the test
+    monkeypatch.setenv("TF_CONFIG", "")
+    monkeypatch.setenv("LEPTON_TRAIN_WORKERS", "2")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "1")
+    monkeypatch.setattr(socket, "gethostname", lambda: "job-lepton-train-ab12-1")
+    assert cluster_from_env() == Cluster(workers=2, index=1, is_chief=False)
+    config = json.loads(os.environ["TF_CONFIG"])  # exported for TensorFlow
+    assert config["cluster"]["worker"][0] == "job-lepton-train-ab12-0.lepton-train-workers:12345"
+    monkeypatch.setenv("TF_CONFIG", "")
+    monkeypatch.setenv("JOB_COMPLETION_INDEX", "one")
+    with pytest.raises(UsageError, match="are numbers"):
+        cluster_from_env()
 
 
 def _accuracy(model_uri: str, snapshot_uri: str) -> float:
@@ -77,7 +95,7 @@ def test_two_workers_on_loopback_reach_the_single_workers_accuracy(
     snapshot = ingest(str(write_npz(tmp_path / "d.npz", x, y)), str(tmp_path / "ingest"))
     common = ["--snapshot", snapshot.snapshot_uri, "--epochs", EPOCHS, "--seed", "3"]
 
-    single = run_cli("train", "--run-dir", str(tmp_path / "single"), *common)
+    single = run_cli("train", "--run-dir", str(tmp_path / "single"), *common, env={"TF_CONFIG": ""})
     assert single.code == 0, single.stderr[-2000:]
 
     hosts = [f"127.0.0.1:{port}" for port in free_ports(2)]
@@ -92,7 +110,11 @@ def test_two_workers_on_loopback_reach_the_single_workers_accuracy(
         )
         for index in range(2)
     ]
-    outputs = [worker.communicate(timeout=600) for worker in workers]
+    try:
+        outputs = [worker.communicate(timeout=600) for worker in workers]
+    finally:  # a worker left waiting for a dead one would outlive the test
+        for worker in workers:
+            worker.kill()
     for worker, (_, stderr) in zip(workers, outputs, strict=True):
         assert worker.returncode == 0, stderr[-2000:]
     chief, other = (json.loads(out.strip().splitlines()[-1]) for out, _ in outputs)
@@ -100,6 +122,8 @@ def test_two_workers_on_loopback_reach_the_single_workers_accuracy(
     assert chief["step"] == "train" and "2 workers (MultiWorkerMirroredStrategy)" in chief["device"]
     assert other == {**other, "step": "train-worker", "worker": 1, "workers": 2}
     assert chief["epochs_run"] == other["epochs_run"]  # lockstep, early stopping included
+    saved = json.loads((Path(run_dir) / "train" / "result.json").read_text())
+    assert saved["mlflow_run_id"] == chief["mlflow_run_id"]  # the chief's, never the worker's
     one, two = (
         _accuracy(result["model_uri"], snapshot.snapshot_uri) for result in (single.result, chief)
     )

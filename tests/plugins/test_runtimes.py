@@ -337,3 +337,31 @@ def test_kubernetes_runtime_trains_on_n_worker_pods_as_an_indexed_job(
     assert chief_result([worker, {"step": "train", "model_uri": "m"}], 2)["model_uri"] == "m"
     with pytest.raises(Exception, match="0 chief results"):
         chief_result([worker, worker], 2)
+
+
+def test_a_failed_train_job_fails_with_its_worker_s_exit_code_and_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A data error in one worker fails the task without a retry, as a single pod's would."""
+    from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
+
+    settings = k8s_settings().model_copy(update={"train_workers": 2})
+    operator = step("train", settings=settings, **OPTIONS)
+    record = {**ERROR_RECORD, "step": "train", "line": "lepton-tasks train: InputDataError: x"}
+    pods = {"ok": terminated_pod(0, None), "bad": terminated_pod(3, json.dumps(record))}
+    for name, pod in pods.items():
+        pod.metadata.name = name
+        pod.status.container_statuses[0].name = operator.base_container_name
+
+    class Pods:  # the cluster's view of the Job's pods, without a cluster
+        def read_pod(self, pod):
+            return pods[pod.metadata.name]
+
+    def provider_execute(self, context):
+        self.pods = list(pods.values())
+        raise AirflowException("Kubernetes job 'job-lepton-train-x' is failed with error 'x'")
+
+    monkeypatch.setattr(KubernetesJobOperator, "execute", provider_execute)
+    operator.__dict__["pod_manager"] = Pods()
+    with pytest.raises(AirflowFailException, match="InputDataError: x"):
+        operator.execute({})

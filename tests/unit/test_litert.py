@@ -86,3 +86,48 @@ def test_a_model_litert_cannot_match_gets_no_copy(tmp_path: Path, trained) -> No
         litert.export_verified(Drifting(load_keras(trained.model_uri)), str(target), images) is None
     )
     assert not target.exists()
+
+
+def test_the_champion_is_scored_with_its_copy_only_if_its_train_run_vouches_for_it(
+    trained,
+    tmp_path: Path,
+) -> None:
+    from mlflow import MlflowClient
+
+    register(evaluate(trained, trained.run_dir, EvaluateParams.with_defaults()), trained.run_dir)
+    version = champion_version("lepton-digits")
+    run = str(tmp_path / "second")
+    second = train(trained.snapshot_uri, run, params=TrainParams(epochs=3, seed=2))
+
+    def champion_runtime() -> str:
+        evaluated = evaluate(second, run, EvaluateParams.with_defaults())
+        assert evaluated.champion is not None and evaluated.champion.version == str(version.version)
+        tags = MlflowClient().get_run(evaluated.mlflow_run_id).data.tags
+        return tags["lepton.champion_predicted_with"]
+
+    assert champion_runtime() == "litert"
+    # a registry user points the tags at another copy, with its own sha256: refused
+    other = tmp_path / "other.tflite"
+    other.write_bytes(Path(second.litert_model_uri).read_bytes())
+    client = MlflowClient()
+    client.set_model_version_tag("lepton-digits", version.version, litert.URI_TAG, str(other))
+    client.set_model_version_tag(
+        "lepton-digits", version.version, litert.SHA_TAG, second.litert_sha256
+    )
+    assert champion_runtime() == "keras"
+
+
+def test_the_setting_turns_the_copy_off_for_train_and_evaluate(
+    tmp_path: Path, lepton_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lepton_tasks.settings import get_settings
+
+    run = str(tmp_path / "run")
+    snapshot = ingest("sklearn:digits", run).snapshot_uri
+    on = train(snapshot, run, params=TrainParams(epochs=2, seed=1))
+    monkeypatch.setenv("LEPTON_LITERT_COPY", "false")
+    get_settings.cache_clear()
+    assert litert.load_verified(on.litert_model_uri, on.litert_sha256) is None
+    assert evaluate(on, run, EvaluateParams.with_defaults()).predicted_with == "keras"
+    off = train(snapshot, str(tmp_path / "off"), params=TrainParams(epochs=2, seed=3))
+    assert off.litert_model_uri is None and off.litert_sha256 is None

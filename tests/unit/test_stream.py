@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 
 from lepton_tasks import storage
 from lepton_tasks.data.snapshot import example_hashes, load_split, read_manifest
-from lepton_tasks.data.stream import SplitStream, make_dataset
-from lepton_tasks.steps import train as train_module
+from lepton_tasks.data.stream import SplitStream, make_dataset, shard_layout, shuffle_buffer
+from lepton_tasks.errors import InputDataError
 from lepton_tasks.steps.ingest import ingest
 from lepton_tasks.steps.train import TrainParams, train
 from tests.conftest import digits, write_npz
@@ -94,16 +95,57 @@ def test_remote_shards_stream_one_at_a_time_through_numpy(
     assert not np.array_equal(batches[0][1], again[0][1]), "each pass is shuffled anew"
 
 
-def test_training_never_loads_a_whole_split(
-    sharded_snapshot: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("reader", ["tensorflow", "numpy"])
+def test_training_streams_through_either_reader(
+    sharded_snapshot: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, reader: str
 ) -> None:
-    def refuse(*_: object) -> None:
-        raise AssertionError("train loaded a whole split")
-
-    monkeypatch.setattr("lepton_tasks.data.snapshot.load_split", refuse)
-    result = train(sharded_snapshot, str(tmp_path / "run"), params=TrainParams(epochs=2))
-    manifest = read_manifest(sharded_snapshot)
+    if reader == "numpy":  # as for an s3:// or gs:// snapshot
+        monkeypatch.setattr(SplitStream, "layouts", lambda self: None)
+    result = train(sharded_snapshot, str(tmp_path / reader), params=TrainParams(epochs=2))
     assert result.epochs_run == 2
-    assert result.metrics["val_accuracy"] > 0.5
-    assert manifest["split_counts"]["train"] > 0
-    assert not hasattr(train_module, "load_split")
+    assert result.metrics["val_accuracy"] > 0.5  # chance is 0.1
+    assert result.images_per_second > 0
+
+
+def _npz(path: Path, **arrays: np.ndarray) -> str:
+    np.savez(path, **arrays)
+    return str(path)
+
+
+def test_tensorflow_reads_only_shards_laid_out_as_ingest_writes_them(tmp_path: Path) -> None:
+    x, y = np.zeros((4, 3, 3), np.uint8), np.arange(4, dtype=np.int16)
+    plain = shard_layout(_npz(tmp_path / "plain.npz", x=x, y=y), (3, 3))
+    assert plain is not None and plain.count == 4 and plain.x_bytes == 36 and plain.y_bytes == 8
+    raw = (tmp_path / "plain.npz").read_bytes()
+    assert raw[plain.x_offset : plain.x_offset + 36] == x.tobytes()
+    assert raw[plain.y_offset : plain.y_offset + 8] == y.tobytes()
+    odd = {
+        "compressed": lambda p: np.savez_compressed(p, x=x, y=y),
+        "big-endian labels": lambda p: np.savez(p, x=x, y=y.astype(">i2")),
+        "Fortran order": lambda p: np.savez(p, x=np.asfortranarray(x), y=y),
+        "float images": lambda p: np.savez(p, x=x.astype(np.float32), y=y),
+        "no labels": lambda p: np.savez(p, x=x),
+    }
+    for name, write in odd.items():
+        write(tmp_path / f"{name}.npz")
+        assert shard_layout(str(tmp_path / f"{name}.npz"), (3, 3)) is None, name
+    assert shard_layout(str(tmp_path / "plain.npz"), (9,)) is None  # not the manifest's shape
+    (tmp_path / "cut.npz").write_bytes(raw[: plain.x_offset + 10])
+    assert shard_layout(str(tmp_path / "cut.npz"), (3, 3)) is None
+    assert shard_layout(str(tmp_path / "missing.npz")) is None
+
+
+def test_the_shuffle_buffer_is_bounded_in_bytes(sharded_snapshot: str) -> None:
+    stream = SplitStream(sharded_snapshot, "train")
+    assert shuffle_buffer(stream) == stream.count  # a small split shuffles whole
+    stream.count, stream.image_shape = 10**6, (224, 224, 3)
+    assert shuffle_buffer(stream) * 224 * 224 * 3 <= 256 * 1024**2
+
+
+def test_a_manifest_naming_other_files_is_refused(sharded_snapshot: str) -> None:
+    manifest_path = Path(sharded_snapshot) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"]["train"].append("../../secrets.npz")
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(InputDataError, match="odd train shards"):
+        SplitStream(sharded_snapshot, "train")

@@ -116,3 +116,44 @@ def test_single_landing_batch_that_fails_is_moved_not_the_landing_zone(
     (quarantined,) = (landing / "_quarantine").iterdir()
     assert (quarantined / "batch-001.npz").is_file()
     assert not (lepton_env / "quarantine").exists()  # the landing zone was not copied whole
+
+
+def test_two_batches_of_one_name_validate(tmp_path: Path, lepton_env: Path) -> None:
+    """a.npz and a.parquet in one landing zone are both batch 'a'."""
+    x, y = digits()
+    landing = tmp_path / "landing"
+    write_npz(landing / "a.npz", x[:900], y[:900])
+    write_npz(landing / "b.npz", x[900:], y[900:])
+    run = tmp_path / "run"
+    snapshot = ingest(str(landing), str(run)).snapshot_uri
+    manifest_path = Path(snapshot) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert len(manifest["batches"]) == 2
+    for batch in manifest["batches"]:
+        batch["name"] = "a"
+    manifest_path.write_text(json.dumps(manifest))
+    assert validate(snapshot, str(run), data_docs=False).success
+
+
+def test_shards_the_manifest_does_not_describe_are_refused(
+    tmp_path: Path, lepton_env: Path
+) -> None:
+    from lepton_tasks.errors import InputDataError
+
+    x, y = digits()
+    run = tmp_path / "run"
+    snapshot = ingest(str(write_npz(tmp_path / "d.npz", x, y)), str(run)).snapshot_uri
+    manifest_path = Path(snapshot) / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    shard = Path(snapshot) / manifest["shards"]["train"][0]
+    arrays = dict(np.load(shard))
+    arrays["y"] = arrays["y"] + 40  # labels outside the class set
+    np.savez(shard, **arrays)
+    with pytest.raises(InputDataError, match="labels outside the class set"):
+        validate(snapshot, str(run), data_docs=False)
+    arrays["y"] = arrays["y"] - 40
+    np.savez(shard, **arrays)
+    manifest["split_counts"]["train"] += 5  # the manifest promises more than the shards hold
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(InputDataError, match="the shards hold"):
+        validate(snapshot, str(run), data_docs=False)

@@ -26,7 +26,9 @@ from lepton_airflow.runtimes.kubernetes_pod import (
     _pod_placement,
     _pod_security,
     _pod_volumes,
+    pod_termination,
 )
+from lepton_airflow.runtimes.outcome import raise_for_exit
 from lepton_airflow.settings import RuntimeSettings
 from lepton_airflow.ui.links import STEP_LINKS
 
@@ -66,7 +68,26 @@ class LeptonTrainJobOperator(KubernetesJobOperator):
             *self.env_vars,
             *(k8s.V1EnvVar(name=k, value=v) for k, v in public.items()),
         ]
-        return chief_result(super().execute(context), self.workers)
+        try:
+            return chief_result(super().execute(context), self.workers)
+        except AirflowException:
+            self.raise_for_failed_worker()
+            raise  # no worker says why: the provider's message stands
+
+    def raise_for_failed_worker(self) -> None:
+        """The first failed worker's exit code and message, by the steps' exit-code policy
+        (skip, fail without retry, retry), as a single pod's would be."""
+        for pod in getattr(self, "pods", None) or []:
+            try:
+                remote = self.pod_manager.read_pod(pod)
+            except Exception:  # the pod may be gone already: the next one may tell
+                continue
+            code, message = pod_termination(remote, self.base_container_name)
+            if code not in (None, 0):
+                try:
+                    raise_for_exit(self.step, code, message)
+                except AirflowException as outcome:
+                    raise outcome from None  # not the provider's message, which holds the spec
 
 
 def chief_result(results: Any, workers: int) -> dict[str, Any]:
