@@ -376,8 +376,13 @@ def _exported(
     )
     if sha256:
         import mlflow
+        from mlflow.exceptions import MlflowException
 
-        mlflow.log_param(litert.SHA_PARAM, sha256)  # write-once: what evaluate trusts
+        try:
+            mlflow.log_param(litert.SHA_PARAM, sha256)  # write-once: what evaluate trusts
+        except MlflowException as exc:  # a resumed run that logged another copy's: none then
+            log.warning("no LiteRT copy recorded: %s", exc)
+            sha256 = None
     return {
         "mlflow_model_uri": _log_model(servable, examples[:5], class_names),
         "litert_model_uri": folder.litert_model_uri if sha256 else None,
