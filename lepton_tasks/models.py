@@ -46,7 +46,7 @@ def _lepton_cnn(input_shape: tuple[int, ...], num_classes: int) -> Any:
     The Keras reference convnet's cost per image, plus a small dense layer; batch normalization
     after the second convolution lets it train at a higher learning rate with a short cosine
     schedule, so it passes that network's test accuracy in a third of its epochs. Batch
-    normalization after the first convolution too cost ~45 % more per image for no accuracy
+    normalization after the first convolution too cost ~40 % more per image for no accuracy
     (see bench/RESULTS.md): its activations are the largest and it is memory-bound on CPUs.
     """
     import keras
