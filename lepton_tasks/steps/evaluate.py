@@ -471,12 +471,17 @@ def _champion_copy(version: Any) -> tuple[str | None, str | None]:
     changed once logged, so the tag alone never decides what scores the champion.
     """
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
 
     tags = version.tags or {}
     uri, sha256 = tags.get(litert.URI_TAG), tags.get(litert.SHA_TAG)
     if not uri or not sha256 or not version.run_id:
         return None, None
-    logged = MlflowClient().get_run(version.run_id).data.params.get(litert.SHA_PARAM)
+    try:
+        logged = MlflowClient().get_run(version.run_id).data.params.get(litert.SHA_PARAM)
+    except MlflowException as exc:  # its train run deleted: the registered model still scores
+        log.warning("champion v%s's train run is not readable (%s)", version.version, exc)
+        return None, None
     if logged != sha256:
         log.warning("champion v%s's LiteRT tags do not match its train run", version.version)
         return None, None

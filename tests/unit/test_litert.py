@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -131,3 +132,29 @@ def test_the_setting_turns_the_copy_off_for_train_and_evaluate(
     assert evaluate(on, run, EvaluateParams.with_defaults()).predicted_with == "keras"
     off = train(snapshot, str(tmp_path / "off"), params=TrainParams(epochs=2, seed=3))
     assert off.litert_model_uri is None and off.litert_sha256 is None
+
+
+EVALUATE_IN_A_FRESH_PROCESS = """
+import json, sys
+from lepton_tasks.results import TrainResult, read_result
+from lepton_tasks.steps.evaluate import EvaluateParams, evaluate
+trained = read_result(sys.argv[1], TrainResult)
+evaluated = evaluate(trained, sys.argv[2], EvaluateParams.with_defaults())
+print(json.dumps([evaluated.predicted_with, "tensorflow" in sys.modules, "keras" in sys.modules]))
+"""
+
+
+def test_evaluating_with_the_copy_never_imports_tensorflow(trained) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", EVALUATE_IN_A_FRESH_PROCESS, trained.result_uri, trained.run_dir],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    predicted_with, tensorflow, keras = json.loads(done.stdout.strip().splitlines()[-1])
+    assert predicted_with == "litert"
+    assert not tensorflow and not keras
