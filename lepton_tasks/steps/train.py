@@ -368,7 +368,7 @@ def _exported(
     stands in for it.
     """
     servable = load_keras(folder.model_file_uri) if cluster.distributed else model
-    examples = val_split.head(64)
+    examples = val_split.head(512)  # the copy must predict as the model does on all of them
     sha256 = (
         litert.export_verified(servable, folder.litert_model_uri, examples)
         if get_settings().litert_copy

@@ -63,6 +63,13 @@ def step_operator(
         from lepton_airflow.runtimes.docker_container import docker_step_operator
 
         return docker_step_operator(name, options, environment, secrets, settings, common, gpu=gpu)
+    if name == "train" and settings.train_workers > 1 and settings.runtime != "kubernetes":
+        log.warning(
+            "LEPTON_TRAIN_WORKERS=%d applies to the kubernetes runtime only; the %s runtime "
+            "trains in one process (give TF_CONFIG to processes you start yourself)",
+            settings.train_workers,
+            settings.runtime,
+        )
     if settings.runtime == "kubernetes" and name == "train" and settings.train_workers > 1:
         from lepton_airflow.runtimes.kubernetes_job import kubernetes_train_job_operator
 
