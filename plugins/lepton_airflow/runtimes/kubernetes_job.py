@@ -18,15 +18,11 @@ from typing import Any
 from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
 from airflow.sdk.exceptions import AirflowException
 
-from lepton_airflow.connections import mlflow_environment
 from lepton_airflow.runtimes.command import step_arguments
 from lepton_airflow.runtimes.kubernetes_pod import (
-    POD_ERROR_FILE,
-    POD_RESULT_FILE,
-    _pod_placement,
-    _pod_security,
-    _pod_volumes,
     pod_termination,
+    public_mlflow_env_vars,
+    step_pod_arguments,
 )
 from lepton_airflow.runtimes.outcome import raise_for_exit
 from lepton_airflow.settings import RuntimeSettings
@@ -61,13 +57,8 @@ class LeptonTrainJobOperator(KubernetesJobOperator):
         self.arguments = [self.step, *step_arguments(self.options)]
 
     def execute(self, context: Any) -> Any:
-        from kubernetes.client import models as k8s
 
-        public = {k: v for k, v in mlflow_environment().items() if k == "MLFLOW_TRACKING_URI"}
-        self.env_vars = [
-            *self.env_vars,
-            *(k8s.V1EnvVar(name=k, value=v) for k, v in public.items()),
-        ]
+        self.env_vars = [*self.env_vars, *public_mlflow_env_vars()]
         try:
             return chief_result(super().execute(context), self.workers)
         except AirflowException:
@@ -113,40 +104,20 @@ def kubernetes_train_job_operator(
     """`train` as an indexed Job of `settings.train_workers` pods, each like the step's pod."""
     from kubernetes.client import models as k8s
 
-    env = {
-        **environment,
-        "LEPTON_HOME": settings.docker_data_path,
-        "LEPTON_RESULT_FILE": POD_RESULT_FILE,
-        "LEPTON_ERROR_FILE": POD_ERROR_FILE,
+    workers = {
         "LEPTON_TRAIN_WORKERS": str(settings.train_workers),
         "LEPTON_TRAIN_WORKERS_SERVICE": settings.train_workers_service,
     }
-    secret = settings.k8s_env_secret
-    volumes, mounts = _pod_volumes(settings)
     return LeptonTrainJobOperator(
         step=name,
         options=options,
         workers=settings.train_workers,
-        name=f"lepton-{name}",
-        namespace=settings.k8s_namespace,
-        image=settings.gpu_task_image if gpu else settings.task_image,
-        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in env.items()],
-        env_from=(
-            [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=secret))] if secret else None
-        ),
         labels={WORKER_LABEL: "true"},
         # the pods' DNS names <job>-<index>.<service>: the headless Service selects WORKER_LABEL
         full_pod_spec=k8s.V1Pod(
             spec=k8s.V1PodSpec(containers=[], subdomain=settings.train_workers_service)
         ),
-        volumes=volumes,
-        volume_mounts=mounts,
-        service_account_name=settings.k8s_service_account,
-        do_xcom_push=True,
-        get_logs=True,
-        log_pod_spec_on_failure=False,
         ttl_seconds_after_finished=3600,
-        **_pod_placement(settings, gpu),
-        **_pod_security(),
+        **step_pod_arguments(name, {**environment, **workers}, settings, gpu=gpu),
         **common,
     )

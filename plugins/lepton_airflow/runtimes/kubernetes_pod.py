@@ -39,15 +39,7 @@ class LeptonPodOperator(KubernetesPodOperator):
         self.arguments = [self.step, *step_arguments(self.options)]
 
     def execute(self, context: Any) -> Any:
-        from kubernetes.client import models as k8s
-
-        # Only the server's address: credentials in a pod spec are readable by anyone who may
-        # list pods, so the pods take them from the Secret LEPTON_K8S_ENV_SECRET names.
-        public = {k: v for k, v in mlflow_environment().items() if k == "MLFLOW_TRACKING_URI"}
-        self.env_vars = [
-            *self.env_vars,
-            *(k8s.V1EnvVar(name=k, value=v) for k, v in public.items()),
-        ]
+        self.env_vars = [*self.env_vars, *public_mlflow_env_vars()]
         return super().execute(context)
 
     def cleanup(
@@ -69,6 +61,18 @@ class LeptonPodOperator(KubernetesPodOperator):
                 raise_for_exit(self.step, code, message)
             except AirflowException as outcome:
                 raise outcome from None  # not the provider's message, which holds the pod spec
+
+
+def public_mlflow_env_vars() -> list[Any]:
+    """The MLflow server's address for a pod, read when the task runs.
+
+    Only the address: credentials in a pod spec are readable by anyone who may list pods, so
+    the pods take them from the Secret LEPTON_K8S_ENV_SECRET names.
+    """
+    from kubernetes.client import models as k8s
+
+    public = {k: v for k, v in mlflow_environment().items() if k == "MLFLOW_TRACKING_URI"}
+    return [k8s.V1EnvVar(name=k, value=v) for k, v in public.items()]
 
 
 def pod_termination(remote_pod: Any, container_name: str) -> tuple[int | None, str | None]:
@@ -144,6 +148,20 @@ def kubernetes_step_operator(
     gpu: bool,
 ) -> LeptonPodOperator:
     """The step as a pod of the task image (the GPU image, on a GPU node, for a GPU step)."""
+    return LeptonPodOperator(
+        step=name,
+        options=options,
+        on_finish_action="delete_succeeded_pod",
+        **step_pod_arguments(name, environment, settings, gpu=gpu),
+        **common,
+    )
+
+
+def step_pod_arguments(
+    name: str, environment: dict[str, str], settings: RuntimeSettings, *, gpu: bool
+) -> dict[str, Any]:
+    """What a step's pod is, for the pod operator and the train workers' Job alike: the task
+    image, its environment (credentials from the Secret), volumes, placement and security."""
     from kubernetes.client import models as k8s
 
     env = {
@@ -154,24 +172,20 @@ def kubernetes_step_operator(
     }
     secret = settings.k8s_env_secret
     volumes, mounts = _pod_volumes(settings)
-    return LeptonPodOperator(
-        step=name,
-        options=options,
-        name=f"lepton-{name}",
-        namespace=settings.k8s_namespace,
-        image=settings.gpu_task_image if gpu else settings.task_image,
-        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in env.items()],
-        env_from=(
+    return {
+        "name": f"lepton-{name}",
+        "namespace": settings.k8s_namespace,
+        "image": settings.gpu_task_image if gpu else settings.task_image,
+        "env_vars": [k8s.V1EnvVar(name=k, value=v) for k, v in env.items()],
+        "env_from": (
             [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=secret))] if secret else None
         ),
-        volumes=volumes,
-        volume_mounts=mounts,
-        service_account_name=settings.k8s_service_account,
-        do_xcom_push=True,
-        get_logs=True,
-        log_pod_spec_on_failure=False,  # the spec holds the step's environment
-        on_finish_action="delete_succeeded_pod",
+        "volumes": volumes,
+        "volume_mounts": mounts,
+        "service_account_name": settings.k8s_service_account,
+        "do_xcom_push": True,
+        "get_logs": True,
+        "log_pod_spec_on_failure": False,  # the spec holds the step's environment
         **_pod_placement(settings, gpu),
         **_pod_security(),
-        **common,
-    )
+    }
