@@ -379,18 +379,23 @@ def _idx_batch(images_uri: str, labels_uri: str) -> Batch:
 # NPZ ------------------------------------------------------------------------------------------
 
 
+def read_npy_header(handle: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype from a `.npy` header, leaving `handle` at the data."""
+    version = np.lib.format.read_magic(handle)
+    read_header = (
+        np.lib.format.read_array_header_1_0
+        if version == (1, 0)
+        else np.lib.format.read_array_header_2_0
+    )
+    return read_header(handle)
+
+
 def _npy_header(archive: zipfile.ZipFile, key: str, uri: str) -> tuple[tuple[int, ...], np.dtype]:
     """The declared shape and dtype of `<key>.npy` in an NPZ, checked against the bytes it
     holds and against the size bounds, without reading (or inflating) the array."""
     info = archive.getinfo(f"{key}.npy")
     with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        read_header = (
-            np.lib.format.read_array_header_1_0
-            if version == (1, 0)
-            else np.lib.format.read_array_header_2_0
-        )
-        shape, _, dtype = read_header(member)
+        shape, _, dtype = read_npy_header(member)
         header_bytes = member.tell()
     if dtype.hasobject:
         raise InputDataError(f"array '{key}' holds Python objects, not numbers", where=uri)

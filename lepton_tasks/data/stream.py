@@ -20,6 +20,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from lepton_tasks import storage
+from lepton_tasks.data.readers import read_npy_header
 from lepton_tasks.data.snapshot import read_manifest
 
 HOLDOUT_EVERY = 10
@@ -155,13 +156,7 @@ def _npy_member(handle: Any, info: zipfile.ZipInfo) -> tuple[int, tuple[int, ...
     name_length, extra_length = struct.unpack("<HH", local_header[26:30])
     start = info.header_offset + 30 + name_length + extra_length
     handle.seek(start)
-    version = np.lib.format.read_magic(handle)
-    read_header = (
-        np.lib.format.read_array_header_1_0
-        if version == (1, 0)
-        else np.lib.format.read_array_header_2_0
-    )
-    shape, fortran_order, dtype = read_header(handle)
+    shape, fortran_order, dtype = read_npy_header(handle)
     data_at = handle.tell()
     if fortran_order:
         raise ValueError("Fortran-ordered array")
