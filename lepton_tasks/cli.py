@@ -20,6 +20,7 @@ import typer
 
 from lepton_tasks import storage
 from lepton_tasks.errors import EXIT_CODES, LeptonError, UsageError
+from lepton_tasks.native_log import quiet_tensorflow_load
 from lepton_tasks.redact import redact
 from lepton_tasks.results import StepResult, read_result
 from lepton_tasks.run_folder import RunFolder
@@ -87,6 +88,8 @@ def _main(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks for failures.")] = False,
 ) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # ...which TensorFlow's libraries ignore while they load, on some CPUs only
+    quiet_tensorflow_load()
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # MLflow's own log handler would print a second, differently stamped format.

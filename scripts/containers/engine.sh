@@ -26,9 +26,11 @@ start() {
   if reachable "unix://$SOCK"; then echo "export DOCKER_HOST=unix://$SOCK"; return; fi
   install_engine
   $sudo mkdir -p "$ROOT/data" "$ROOT/exec"
-  # overlay2 on the root disk; no bridge or iptables here: containers use the host network.
+  # overlay2 on the root disk. Bridge networks with Docker's DNS (what Compose's own network
+  # needs) work without iptables rules, so the host's firewall is never touched: containers
+  # reach each other and published loopback ports (the userland proxy), not the outside.
   $sudo sh -c "nohup dockerd --storage-driver=overlay2 --iptables=false --ip6tables=false \
-    --bridge=none --data-root='$ROOT/data' --exec-root='$ROOT/exec' --pidfile='$PIDFILE' \
+    --data-root='$ROOT/data' --exec-root='$ROOT/exec' --pidfile='$PIDFILE' \
     -H 'unix://$SOCK' >'$ROOT/dockerd.log' 2>&1 &"
   for _ in $(seq 60); do
     reachable "unix://$SOCK" && { echo "export DOCKER_HOST=unix://$SOCK"; return; }
