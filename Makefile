@@ -14,7 +14,7 @@ UV_VERSION := 0.13.9
 EXTRAS ?= cpu,airflow,server,dev
 PYTEST_ARGS ?=
 
-.PHONY: install browser test test-fast test-browser test-containers lint format demo ui bench bench-loop bench-formats bench-serving bench-containers env images up down clean help
+.PHONY: install browser test test-fast test-browser test-stack lint format demo ui bench bench-loop bench-formats bench-serving bench-containers env images up down clean help
 
 help:
 	@echo "make demo   run the lepton_training pipeline end to end (installs into .venv)"
@@ -55,11 +55,12 @@ browser:
 
 test: install browser
 	$(BIN)/pytest -m "not containers" $(PYTEST_ARGS)
-	$(MAKE) test-containers
+	$(MAKE) test-stack
 
-# The steps as containers on a real Docker engine (started here if none is reachable), MLflow's
-# image on PostgreSQL: see scripts/containers/test.sh.
-test-containers: install
+# docker-compose.yml up for real on a Docker engine (started here if none is reachable) with
+# Compose v2, driven through Airflow's REST API, MLflow, serving and Prometheus: see
+# scripts/containers/test.sh.
+test-stack: install browser
 	BIN=$(BIN) PYTEST_ARGS="$(PYTEST_ARGS)" bash scripts/containers/test.sh
 
 test-browser: install browser
@@ -104,7 +105,7 @@ bench-containers: install
 
 # The full stack (needs a Docker engine): see README, "Run the full stack".
 env:
-	$(or $(PYTHON),python3) scripts/make_env.py
+	$(or $(PYTHON),python3) scripts/make_env.py --output $(or $(ENV_FILE),.env)
 
 images:
 	docker compose --profile images build

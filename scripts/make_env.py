@@ -1,12 +1,18 @@
-"""Write .env from .env.example with every `generate` replaced by a fresh random secret."""
+"""Write .env from .env.example with every `generate` replaced by a fresh random secret.
+
+    make_env.py [--output PATH] [--force]
+
+PATH defaults to .env beside docker-compose.yml (`docker compose --env-file PATH` reads
+another). The Docker socket and its group are taken from this host's engine (DOCKER_HOST).
+"""
 
 from __future__ import annotations
 
+import argparse
 import base64
 import grp
 import os
 import secrets
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -18,10 +24,21 @@ def secret_for(key: str) -> str:
     return secrets.token_urlsafe(32)
 
 
+def docker_socket(default: str) -> str:
+    """The engine's socket on this host: DOCKER_HOST's, when it is a local socket."""
+    host = os.environ.get("DOCKER_HOST", "")
+    return host.removeprefix("unix://") if host.startswith("unix:///") else default
+
+
 def host_value(key: str, default: str) -> str:
-    if key == "AIRFLOW_UID":
-        return str(os.getuid())
+    # AIRFLOW_UID stays the image's 50000: the DAGs are in the image and the data in named
+    # volumes, so no host folder needs the host's uid (and root would run Airflow as root).
+    if key == "DOCKER_SOCKET":
+        return docker_socket(default)
     if key == "DOCKER_GID":
+        socket = Path(docker_socket("/var/run/docker.sock"))
+        if socket.exists():  # whoever may use the socket: its group
+            return str(socket.stat().st_gid)
         try:
             return str(grp.getgrnam("docker").gr_gid)
         except KeyError:
@@ -53,8 +70,12 @@ def add_missing(target: Path) -> None:
 
 
 def main() -> None:
-    target = ROOT / ".env"
-    if target.exists() and "--force" not in sys.argv:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=ROOT / ".env", help="default: .env")
+    parser.add_argument("--force", action="store_true", help="replace every secret")
+    args = parser.parse_args()
+    target = args.output
+    if target.exists() and not args.force:
         add_missing(target)
         return
     lines = [fresh_line(line) for line in (ROOT / ".env.example").read_text().splitlines()]

@@ -73,8 +73,15 @@ def test_every_service_is_built_here_or_pinned_and_has_a_healthcheck() -> None:
         if "build" in service:
             assert service["build"]["dockerfile"].startswith("docker/"), name
             assert re.search(r":\d+\.\d+\.\d+$", service["image"]), name
+        elif service["image"].startswith("lepton/"):
+            built = {s["image"] for s in compose()["services"].values() if "build" in s}
+            assert service["image"] in built, f"{name}: {service['image']} is built by no service"
         else:
-            image = service["image"]
+            # a third-party image: a variable to swap it (a mirror, a stand-in), the official
+            # image pinned as its default
+            variable = re.fullmatch(r"\$\{([A-Z_]+_IMAGE):-([^}]+)\}", service["image"])
+            assert variable, f"{name}: {service['image']} is not a variable with a default"
+            image = variable.group(2)
             assert re.search(r":v?\d+\.\d+(\.\d+)?(-\w+)?$", image), (
                 f"{name}: {image} is not pinned"
             )
@@ -211,6 +218,7 @@ def test_make_env_generates_random_secrets(tmp_path: Path, monkeypatch: pytest.M
     spec.loader.exec_module(module)
     (tmp_path / ".env.example").write_text((REPO / ".env.example").read_text())
     monkeypatch.setattr(module, "ROOT", tmp_path)
+    monkeypatch.setattr("sys.argv", ["make_env.py"])
     module.main()
     assert (tmp_path / ".env").stat().st_mode & 0o777 == 0o600
     first = (tmp_path / ".env").read_text()
@@ -262,13 +270,42 @@ def test_task_image_runs_the_cli_as_a_non_root_user() -> None:
     assert '"tensorflow[and-cuda]==2.21.0"' in pyproject  # the GPU image's extra
 
 
-def test_airflow_image_extends_the_official_one_and_repins_airflow() -> None:
+def test_airflow_image_builds_on_the_python_base_with_the_official_contract() -> None:
+    """Built like the task image (the same base argument, so a stand-in base swaps only that),
+    with the official image's user, home, init and entrypoint contract."""
     parsed = instructions(REPO / "docker" / "airflow.Dockerfile")
-    assert parsed[0] == ("FROM", "apache/airflow:3.3.2-python3.11")
-    run = " ".join(rest for keyword, rest in parsed if keyword == "RUN")
-    assert '"apache-airflow==3.3.2"' in run
+    task = instructions(REPO / "docker" / "task.Dockerfile")
+    base = ("ARG", "BASE_IMAGE=python:3.11.14-slim-bookworm")
+    assert base in parsed and base in task
+    assert {rest for keyword, rest in parsed if keyword == "FROM"} == {
+        "${BASE_IMAGE} AS build",
+        "${BASE_IMAGE} AS runtime",
+    }
+    assert ("USER", "${AIRFLOW_UID}:0") in parsed and ("ARG", "AIRFLOW_UID=50000") in parsed
+    entrypoint = [json.loads(rest) for keyword, rest in parsed if keyword == "ENTRYPOINT"]
+    assert entrypoint == [["/usr/bin/dumb-init", "--", "/entrypoint"]]
     copies = [rest for keyword, rest in parsed if keyword == "COPY"]
     assert any("dags/" in c for c in copies) and any("plugins/" in c for c in copies)
+    run = " ".join(rest for keyword, rest in parsed if keyword == "RUN")
+    assert "curl" in run and "-c constraints.txt" in run  # healthchecks; the lock
+
+
+def test_airflow_image_installs_the_providers_the_stack_runs_with() -> None:
+    import subprocess
+    import sys
+
+    printed = subprocess.run(
+        [sys.executable, str(REPO / "docker/airflow/requirements.py"), str(REPO / "pyproject.toml")],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    names = {line.split("==")[0] for line in printed}
+    providers = {"fab", "celery", "postgres", "docker", "cncf-kubernetes", "standard", "slack"}
+    assert {f"apache-airflow-providers-{p}" for p in providers} <= names
+    assert {"apache-airflow", "mlflow", "psycopg2-binary", "statsd"} <= names
+    pins = locked()
+    for line in printed:
+        name, version = line.split("==")
+        assert pins[name.lower()] == version, line  # pyproject's pins are the lock's
 
 
 def test_dockerignore_keeps_the_context_small() -> None:
@@ -380,3 +417,26 @@ def test_the_kubernetes_serving_hint_probes_what_the_server_answers() -> None:
     assert container["readinessProbe"]["httpGet"]["path"] == "/ping"
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_make_env_takes_the_engines_socket_and_writes_where_asked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+    import socket
+
+    spec = importlib.util.spec_from_file_location("make_env", REPO / "scripts" / "make_env.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    engine = tmp_path / "engine.sock"
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(engine))
+        monkeypatch.setenv("DOCKER_HOST", f"unix://{engine}")
+        target = tmp_path / "elsewhere" / "stack.env"
+        target.parent.mkdir()
+        monkeypatch.setattr("sys.argv", ["make_env.py", "--output", str(target)])
+        module.main()
+    values = dict(line.split("=", 1) for line in target.read_text().splitlines() if "=" in line)
+    assert values["DOCKER_SOCKET"] == str(engine)
+    assert values["DOCKER_GID"] == str(engine.stat().st_gid)
+    assert values["AIRFLOW_UID"] == "50000"  # never the host's uid: DAGs live in the image

@@ -47,8 +47,12 @@ stop() {
   if $sudo kill -0 "$pid" 2>/dev/null; then
     echo "engine.sh: dockerd $pid did not stop; its folders are left in $ROOT" >&2; return 1
   fi
-  # dockerd leaves its network namespace mount behind; remove only what start() created
+  # dockerd leaves its network namespace mount and its default bridge behind; remove only
+  # what start() created (no other engine runs here, or start() would have used it)
   $sudo umount "$ROOT/exec/netns/default" 2>/dev/null || true
+  if command -v ip >/dev/null && ! pgrep -x dockerd >/dev/null; then
+    $sudo ip link del docker0 2>/dev/null || true
+  fi
   $sudo rm -rf "$ROOT/data" "$ROOT/exec" "$SOCK" "$PIDFILE" "$ROOT/dockerd.log"
   $sudo rmdir "$ROOT" 2>/dev/null || true
 }

@@ -1,32 +1,33 @@
 #!/usr/bin/env bash
-# make test-containers: the steps as containers on a real Docker engine, MLflow on PostgreSQL.
-#  1. install what is missing (Debian's docker.io, mmdebstrap, postgresql), as root or via sudo
+# make test-stack: docker-compose.yml up for real, and the tests in tests/containers against it.
+#  1. install what is missing (Debian's docker.io and mmdebstrap), as root or via sudo
 #  2. use a reachable engine, or start one here and stop it (and remove its folders) at the end
-#  3. build the base (the official one where it can be pulled, else a stand-in from Debian's
-#     packages), then the CPU task image and the MLflow image from docker/
-#  4. pytest tests/containers (under CI=true a missing engine or image fails, never skips)
+#  3. Compose v2: the machine's own, else a pinned binary (scripts/containers/compose.sh)
+#  4. the images the compose file uses: Lepton's (task, MLflow, Airflow) built from docker/ on
+#     the official Python base where it can be pulled, else on a stand-in built from Debian's
+#     packages (scripts/containers/base-image.sh), nothing else differing; third-party images
+#     (PostgreSQL, Redis, Prometheus, statsd-exporter) pulled at their pins where possible, else
+#     stand-ins from scripts/containers/standins/, passed to the tests as image variables
+#  5. pytest tests/containers (under CI=true a missing engine, Compose or image fails the run)
 # LEPTON_KEEP_ENGINE=1 keeps an engine this script started, with its images, for the next run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
 sudo=$([ "$(id -u)" = 0 ] || echo sudo)
+LOGS=$(mktemp -d)
+VERSION=$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 
 need=()
 # an engine already reachable (Docker Desktop, rootless, remote) is used as it is
 docker version >/dev/null 2>&1 || command -v dockerd >/dev/null || need+=(docker.io)
 command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
-ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   if command -v apt-get >/dev/null; then
-    echo "test-containers: apt-get install ${need[*]}"
-    # the tests start their own throwaway cluster: no system-wide one on port 5432
-    $sudo mkdir -p /etc/postgresql-common
-    [ -f /etc/postgresql-common/createcluster.conf ] ||
-      echo "create_main_cluster = false" | $sudo tee /etc/postgresql-common/createcluster.conf >/dev/null
+    echo "test-stack: apt-get install ${need[*]}"
     $sudo apt-get update -qq
     $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
   else
-    echo "test-containers: missing ${need[*]} and no apt-get" >&2
+    echo "test-stack: missing ${need[*]} and no apt-get" >&2
   fi
 fi
 
@@ -35,24 +36,75 @@ if ! docker version >/dev/null 2>&1; then started_here=1; fi
 if env_line=$(scripts/containers/engine.sh start); then
   eval "$env_line"
 else
-  echo "test-containers: no Docker engine" >&2
+  echo "test-stack: no Docker engine" >&2
   [ -n "${CI:-}" ] && exit 1
 fi
 cleanup() {
+  rm -rf "$LOGS"
   if [ -n "$started_here" ] && [ -z "${LEPTON_KEEP_ENGINE:-}" ]; then
     scripts/containers/engine.sh stop
   fi
 }
 trap cleanup EXIT
+if compose_env=$(PYTHON="$BIN/python" scripts/containers/compose.sh); then
+  eval "$compose_env"
+else
+  echo "test-stack: no Compose v2" >&2
+  [ -n "${CI:-}" ] && exit 1
+fi
+
+# build DOCKERFILE TAG [ARG=VALUE ...] in the background, its log kept for a failure
+builds=()
+build() {
+  local dockerfile=$1 tag=$2 context=${CONTEXT:-.}
+  shift 2
+  local args=() log
+  for arg in "$@"; do args+=(--build-arg "$arg"); done
+  log="$LOGS/$(echo "$tag" | tr '/:' '__').log"
+  (
+    start=$(date +%s)
+    if DOCKER_BUILDKIT=0 docker build --network host "${args[@]}" -f "$dockerfile" -t "$tag" \
+      "$context" >"$log" 2>&1; then
+      echo "test-stack: $tag built in $(($(date +%s) - start)) s"
+    else
+      echo "test-stack: building $tag failed:" >&2; tail -40 "$log" >&2; exit 1
+    fi
+  ) &
+  builds+=($!)
+}
+wait_builds() {
+  local failed=0
+  for pid in "${builds[@]}"; do wait "$pid" || failed=1; done
+  builds=()
+  return $failed
+}
+
+# the official image of a compose variable (its default in docker-compose.yml), pulled, or a
+# stand-in built here; prints VARIABLE=IMAGE for the tests when a stand-in is used
+third_party() {
+  local variable=$1 standin=$2 official
+  official=$(sed -n "s/.*\${$variable:-\([^}]*\)}.*/\1/p" docker-compose.yml | head -1)
+  if docker image inspect "$official" >/dev/null 2>&1 || docker pull -q "$official" >/dev/null 2>&1; then
+    return 0
+  fi
+  echo "test-stack: $official cannot be pulled; a stand-in from Debian's packages" >&2
+  CONTEXT=scripts/containers/standins build "scripts/containers/standins/$standin.Dockerfile" \
+    "lepton/standin-$standin:$VERSION" "BASE_IMAGE=$base"
+  standins+=("$variable=lepton/standin-$standin:$VERSION")
+}
 
 if docker version >/dev/null 2>&1; then
   base=$(scripts/containers/base-image.sh python:3.11.14-slim-bookworm)
-  for image in task mlflow; do
-    echo "test-containers: building lepton/$image:0.2.0 on $base"
-    start=$(date +%s)
-    DOCKER_BUILDKIT=0 docker build -q --network host --build-arg "BASE_IMAGE=$base" \
-      -f "docker/$image.Dockerfile" -t "lepton/$image:0.2.0" . >/dev/null
-    echo "test-containers: lepton/$image:0.2.0 built in $(( $(date +%s) - start )) s"
+  for image in task mlflow airflow; do
+    build "docker/$image.Dockerfile" "lepton/$image:$VERSION" "BASE_IMAGE=$base"
   done
+  standins=()
+  third_party POSTGRES_IMAGE postgres
+  third_party REDIS_IMAGE redis
+  third_party PROMETHEUS_IMAGE prometheus
+  third_party STATSD_EXPORTER_IMAGE statsd-exporter
+  wait_builds
+  LEPTON_STANDIN_IMAGES=$(IFS=,; echo "${standins[*]}")
+  export LEPTON_STANDIN_IMAGES
 fi
 "$BIN/pytest" tests/containers ${PYTEST_ARGS:-}

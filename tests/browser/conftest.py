@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.chromium import chromium, require_browser
 from tests.stack import ADMIN_PASSWORD, ADMIN_USER, Stack
 
-CHROMIUM = Path(os.environ.get("LEPTON_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("LEPTON_CHROMEDRIVER", "/usr/bin/chromedriver"))
 SEED_EPOCHS = "8"
 
 FAILED = pytest.StashKey[bool]()
@@ -52,22 +50,12 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
         terminalreporter.write_line(f"browser test screenshots and stack logs: {folder}")
 
 
-def _require_browser() -> None:
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if not missing:
-        return
-    message = f"{', '.join(missing)} not installed (`make browser` installs Debian's packages)"
-    if os.environ.get("CI"):
-        pytest.fail(message)  # CI must run these: a skip would hide a missing install step
-    pytest.skip(message)
-
-
 @pytest.fixture(scope="session")
 def stack(
     tmp_path_factory: pytest.TempPathFactory, artifacts: Path, pytestconfig: pytest.Config
 ) -> Iterator[Stack]:
     """A champion v1 trained by the CLI, then airflow standalone + mlflow server on it."""
-    _require_browser()
+    require_browser()
     pytestconfig._lepton_browser_artifacts = artifacts  # type: ignore[attr-defined]
     running = Stack(tmp_path_factory.mktemp("stack"))
     running.seed_champion(SEED_EPOCHS)
@@ -82,41 +70,11 @@ def stack(
 
 @pytest.fixture
 def browser(request: pytest.FixtureRequest, artifacts: Path) -> Iterator[object]:
-    _require_browser()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    profile = tempfile.mkdtemp(prefix="lepton-chromium-")
-    for argument in (
-        "--headless=new",
-        "--no-sandbox",  # tests run as root in CI containers
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1440,1000",
-        # No calls home: this machine's network is closed, and each refused call costs time.
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-quic",
-        "--no-first-run",
-        f"--user-data-dir={profile}",
-    ):
-        options.add_argument(argument)
-    driver = webdriver.Chrome(
-        options=options,
-        service=Service(str(CHROMEDRIVER), log_output=str(artifacts / "chromedriver.log")),
-    )
-    driver.set_page_load_timeout(60)
-    try:
+    with chromium(artifacts) as driver:
         yield driver
-    finally:
         if request.node.stash.get(FAILED, False):
             driver.save_screenshot(str(artifacts / f"FAILED-{request.node.name}.png"))
             (artifacts / f"FAILED-{request.node.name}.html").write_text(driver.page_source)
-        driver.quit()
-        shutil.rmtree(profile, ignore_errors=True)
 
 
 @pytest.fixture

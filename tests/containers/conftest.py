@@ -1,25 +1,30 @@
-"""Real containers: a Docker engine and the images `make test-containers` built, PostgreSQL, and
-the MLflow image with basic auth. Without an engine these tests skip, except under CI=true,
-where they fail: a missing engine must not pass for a green run."""
+"""The full stack: `docker-compose.yml` up on a real Docker engine with Compose v2, shared by
+every test here (one `up` for the session). `make test-stack` (part of `make test`) prepares the
+engine, Compose and the images; without them these tests skip, except under CI=true, where they
+fail: a missing engine must not pass for a green run.
+
+Screenshots and every service's log go to `$LEPTON_TEST_ARTIFACTS/stack` (default: pytest's
+temporary folder), printed at the end of the session.
+"""
 
 from __future__ import annotations
 
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import tests.airflow_env  # noqa: F401  Airflow's private home, set before Airflow is imported
-from tests.airflow_env import airflow_db, fresh_runtime_settings  # noqa: F401  fixtures
-from tests.containers.stack import (
-    MLFLOW_IMAGE,
-    TASK_IMAGE,
-    ContainerStack,
+from tests.containers.airflow_api import AirflowApi
+from tests.containers.compose import (
+    ComposeStack,
     engine_reachable,
-    image_exists,
+    foreign_stack,
+    missing_images,
 )
+
+LEPTON_IMAGES = ["lepton/task:0.2.0", "lepton/mlflow:0.2.0", "lepton/airflow:0.2.0"]
 
 
 def unavailable(reason: str) -> None:
@@ -28,24 +33,79 @@ def unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
+def standin_images() -> dict[str, str]:
+    """`LEPTON_STANDIN_IMAGES`, as scripts/containers/test.sh sets it: `VAR=image,...`."""
+    raw = os.environ.get("LEPTON_STANDIN_IMAGES", "")
+    return dict(item.split("=", 1) for item in raw.split(",") if "=" in item)
+
+
+@pytest.fixture(scope="session")
+def artifacts(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Path:
+    root = os.environ.get("LEPTON_TEST_ARTIFACTS")
+    folder = Path(root) / "stack" if root else tmp_path_factory.mktemp("stack-artifacts")
+    folder.mkdir(parents=True, exist_ok=True)
+    pytestconfig._lepton_stack_artifacts = folder  # type: ignore[attr-defined]
+    return folder
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:
+    folder = getattr(config, "_lepton_stack_artifacts", None)
+    if folder:
+        terminalreporter.write_line(f"stack screenshots and service logs: {folder}")
+
+
 @pytest.fixture(scope="session")
 def engine() -> None:
     if not engine_reachable():
-        unavailable("no Docker engine reachable; `make test-containers` starts one")
-    missing = [image for image in (TASK_IMAGE, MLFLOW_IMAGE) if not image_exists(image)]
-    if missing:
-        unavailable(f"images not built: {missing}; `make test-containers` builds them")
+        unavailable("no Docker engine with Compose v2 reachable; `make test-stack` prepares both")
 
 
 @pytest.fixture(scope="session")
-def stack(engine: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContainerStack]:
-    root = tmp_path_factory.mktemp("containers")
-    running = ContainerStack(root)
+def stack(
+    engine: None, tmp_path_factory: pytest.TempPathFactory, artifacts: Path
+) -> Iterator[ComposeStack]:
+    standins = standin_images()
+    missing = missing_images([*LEPTON_IMAGES, *standins.values()])
+    if missing:
+        unavailable(f"images not built: {missing}; `make test-stack` builds them")
+    if found := foreign_stack():
+        pytest.fail(
+            f"this engine already holds a Lepton stack ({', '.join(found)}): the test would "
+            "share and then delete its volume. Stop it (`make down`), or point DOCKER_HOST at "
+            "another engine (`make test-stack` starts one of its own when none is reachable)."
+        )
+    running = ComposeStack(tmp_path_factory.mktemp("compose"), settings=standins)
+    running.write_env()
     try:
-        running.start()
+        running.up()
         yield running
     finally:
-        for name in running.containers:  # kept with pytest's temporary folders
-            logs = subprocess.run(["docker", "logs", name], capture_output=True)
-            Path(root, f"{name}.log").write_bytes(logs.stdout + logs.stderr)
-        running.stop()
+        running.save_logs(artifacts / "logs")
+        running.down(volumes=True)
+
+
+@pytest.fixture(scope="session")
+def api(stack: ComposeStack) -> AirflowApi:
+    env = stack.env
+    return AirflowApi(
+        stack.url("AIRFLOW_PORT"), env["AIRFLOW_ADMIN_USER"], env["AIRFLOW_ADMIN_PASSWORD"]
+    )
+
+
+@pytest.fixture(scope="session")
+def steps_user(stack: ComposeStack) -> dict[str, str]:
+    """MLflow as the steps' plain user (`mlflow-init` created it), through the published port."""
+    return {
+        "MLFLOW_TRACKING_URI": stack.url("MLFLOW_PORT"),
+        "MLFLOW_TRACKING_USERNAME": "lepton",
+        "MLFLOW_TRACKING_PASSWORD": stack.env["MLFLOW_LEPTON_PASSWORD"],
+    }
+
+
+@pytest.fixture(scope="session")
+def admin_user(stack: ComposeStack) -> dict[str, str]:
+    return {
+        "MLFLOW_TRACKING_URI": stack.url("MLFLOW_PORT"),
+        "MLFLOW_TRACKING_USERNAME": "admin",
+        "MLFLOW_TRACKING_PASSWORD": stack.env["MLFLOW_ADMIN_PASSWORD"],
+    }
