@@ -22,6 +22,8 @@ help:
 	@echo "make ui     Airflow standalone + MLflow UI on localhost"
 	@echo "make lint   ruff"
 	@echo "make bench  benchmarks -> bench/RESULTS.md"
+	@echo "make env images up down   the full stack (docker compose; ENV_FILE=path for another .env)"
+	@echo "make test-stack            the full stack up for real, driven through its clients"
 
 $(BIN)/python:
 	@if [ -z "$(PYTHON)" ] || ! $(PYTHON) -c '$(SUPPORTED_PYTHON)'; then \
@@ -104,17 +106,19 @@ bench-containers: install
 	  $(BIN)/python bench/containers.py --base "$$(scripts/containers/base-image.sh python:3.11.14-slim-bookworm)"
 
 # The full stack (needs a Docker engine): see README, "Run the full stack".
+COMPOSE = docker compose $(if $(ENV_FILE),--env-file $(ENV_FILE))
 env:
 	$(or $(PYTHON),python3) scripts/make_env.py --output $(or $(ENV_FILE),.env)
 
 images:
-	docker compose --profile images build
+	$(COMPOSE) --profile images build
 
 up:
-	docker compose up -d
+	$(COMPOSE) up -d
 
+# every profile's services too (the Celery worker and Redis), whatever COMPOSE_PROFILES says now
 down:
-	docker compose down
+	$(COMPOSE) --profile celery down
 
 clean:
 	rm -rf .lepton .pytest_cache .ruff_cache

@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # Airflow for the full stack, in the shape of the official image (apache/airflow): user
-# `airflow` (uid 50000, group 0; any uid in group 0 works, as AIRFLOW_UID asks), AIRFLOW_HOME
+# `airflow` (uid 50000, group 0, its files group-writable), AIRFLOW_HOME
 # /opt/airflow, dumb-init as PID 1, curl for the healthchecks, and the official entrypoint's
 # contract (docker/airflow/entrypoint.sh) except that a failed migration fails the container.
 # Airflow, its providers (pyproject.toml's `airflow` extra) and MLflow's client come from the

@@ -30,11 +30,25 @@ def docker_socket(default: str) -> str:
     return host.removeprefix("unix://") if host.startswith("unix:///") else default
 
 
+def has_gpu() -> bool:
+    import shutil
+    import subprocess
+
+    nvidia_smi = shutil.which("nvidia-smi")
+    if not nvidia_smi:
+        return False
+    listed = subprocess.run([nvidia_smi, "-L"], capture_output=True, text=True, check=False)
+    return listed.returncode == 0 and "GPU" in listed.stdout
+
+
 def host_value(key: str, default: str) -> str:
     # AIRFLOW_UID stays the image's 50000: the DAGs are in the image and the data in named
     # volumes, so no host folder needs the host's uid (and root would run Airflow as root).
     if key == "DOCKER_SOCKET":
         return docker_socket(default)
+    if key == "LEPTON_TRAIN_GPUS" and not has_gpu():
+        print("make env: no GPU found (nvidia-smi): LEPTON_TRAIN_GPUS=0, train runs on the CPU")
+        return "0"
     if key == "DOCKER_GID":
         socket = Path(docker_socket("/var/run/docker.sock"))
         if socket.exists():  # whoever may use the socket: its group

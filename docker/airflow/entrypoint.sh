@@ -7,7 +7,7 @@
 #     migration that fails still "completes successfully" and the stack starts on a broken
 #     database. Here the container exits with migrate's code and the stack does not start.
 #   _AIRFLOW_WWW_USER_CREATE=true: the admin user (_AIRFLOW_WWW_USER_USERNAME/_PASSWORD),
-#     created once; an existing user is left as it is
+#     created once, its password on stdin (never in `ps`); an existing user is left as it is
 #   then `airflow "$@"`; `bash ...` or `python ...` run as they are
 set -euo pipefail
 
@@ -27,12 +27,15 @@ wait_for_database() {
 create_admin() {
   local user=${_AIRFLOW_WWW_USER_USERNAME:-admin}
   : "${_AIRFLOW_WWW_USER_PASSWORD:?_AIRFLOW_WWW_USER_CREATE needs _AIRFLOW_WWW_USER_PASSWORD}"
-  # the fab provider's command; a user that exists is reported and left unchanged (exit 0)
-  airflow users create --username "$user" --password "$_AIRFLOW_WWW_USER_PASSWORD" \
-    --firstname "${_AIRFLOW_WWW_USER_FIRSTNAME:-Airflow}" \
-    --lastname "${_AIRFLOW_WWW_USER_LASTNAME:-Admin}" \
-    --email "${_AIRFLOW_WWW_USER_EMAIL:-airflowadmin@example.com}" \
-    --role "${_AIRFLOW_WWW_USER_ROLE:-Admin}"
+  # the fab provider's command; a user that exists is reported and left unchanged (exit 0).
+  # The password goes to its prompt on stdin (twice: it asks to confirm), never into the
+  # process arguments, which every user of the host can read (`ps`).
+  printf '%s\n%s\n' "$_AIRFLOW_WWW_USER_PASSWORD" "$_AIRFLOW_WWW_USER_PASSWORD" |
+    PYTHONWARNINGS="ignore::getpass.GetPassWarning" airflow users create --username "$user" \
+      --firstname "${_AIRFLOW_WWW_USER_FIRSTNAME:-Airflow}" \
+      --lastname "${_AIRFLOW_WWW_USER_LASTNAME:-Admin}" \
+      --email "${_AIRFLOW_WWW_USER_EMAIL:-airflowadmin@example.com}" \
+      --role "${_AIRFLOW_WWW_USER_ROLE:-Admin}"
 }
 
 case "${1:-}" in

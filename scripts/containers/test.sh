@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make test-stack: docker-compose.yml up for real, and the tests in tests/containers against it.
 #  1. install what is missing (Debian's docker.io and mmdebstrap), as root or via sudo
-#  2. use a reachable engine, or start one here and stop it (and remove its folders) at the end
+#  2. an engine of its own, started here and stopped (its folders removed) at the end
 #  3. Compose v2: the machine's own, else a pinned binary (scripts/containers/compose.sh)
 #  4. the images the compose file uses: Lepton's (task, MLflow, Airflow) built from docker/ on
 #     the official Python base where it can be pulled, else on a stand-in built from Debian's
@@ -9,7 +9,8 @@
 #     (PostgreSQL, Redis, Prometheus, statsd-exporter) pulled at their pins where possible, else
 #     stand-ins from scripts/containers/standins/, passed to the tests as image variables
 #  5. pytest tests/containers (under CI=true a missing engine, Compose or image fails the run)
-# LEPTON_KEEP_ENGINE=1 keeps an engine this script started, with its images, for the next run.
+# LEPTON_KEEP_ENGINE=1 keeps an engine this script started, with its images, for the next run;
+# LEPTON_TEST_ENGINE=reuse uses the engine DOCKER_HOST (or the default socket) reaches instead.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-.venv/bin}
@@ -31,14 +32,11 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
 fi
 
+# An engine of its own (LEPTON_TEST_ENGINE=reuse: the reachable one): the tests build lepton/*
+# images and bring up the compose project `lepton`, which must not be the user's.
+own_socket=unix://${LEPTON_ENGINE_ROOT:-/var/tmp/lepton-engine}/docker.sock
 started_here=""
-if ! docker version >/dev/null 2>&1; then started_here=1; fi
-if env_line=$(scripts/containers/engine.sh start); then
-  eval "$env_line"
-else
-  echo "test-stack: no Docker engine" >&2
-  [ -n "${CI:-}" ] && exit 1
-fi
+docker -H "$own_socket" version >/dev/null 2>&1 || started_here=1
 cleanup() {
   rm -rf "$LOGS"
   if [ -n "$started_here" ] && [ -z "${LEPTON_KEEP_ENGINE:-}" ]; then
@@ -46,7 +44,19 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
-if compose_env=$(PYTHON="$BIN/python" scripts/containers/compose.sh); then
+if [ "${LEPTON_TEST_ENGINE:-own}" = reuse ]; then
+  env_line=$(scripts/containers/engine.sh start) || env_line=""
+else
+  env_line=$(scripts/containers/engine.sh start --own) || env_line=$(scripts/containers/engine.sh start) || env_line=""
+fi
+if [ -n "$env_line" ]; then
+  eval "$env_line"
+  [ "$DOCKER_HOST" = "$own_socket" ] || echo "test-stack: using the engine at $DOCKER_HOST" >&2
+else
+  echo "test-stack: no Docker engine" >&2
+  [ -n "${CI:-}" ] && exit 1
+fi
+if compose_env=$(scripts/containers/compose.sh); then
   eval "$compose_env"
 else
   echo "test-stack: no Compose v2" >&2
@@ -80,7 +90,7 @@ wait_builds() {
 }
 
 # the official image of a compose variable (its default in docker-compose.yml), pulled, or a
-# stand-in built here; prints VARIABLE=IMAGE for the tests when a stand-in is used
+# stand-in built here and named in `standins` (VARIABLE=IMAGE) for the tests
 third_party() {
   local variable=$1 standin=$2 official
   official=$(sed -n "s/.*\${$variable:-\([^}]*\)}.*/\1/p" docker-compose.yml | head -1)

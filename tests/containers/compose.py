@@ -4,7 +4,7 @@ The file is used unchanged. What the test chooses goes into its own `.env` (in a
 folder, never the repository's): free loopback ports, no GPU for train, and, where the official
 third-party images cannot be pulled, the stand-ins `scripts/containers/test.sh` built
 (`LEPTON_STANDIN_IMAGES`: `POSTGRES_IMAGE=...,REDIS_IMAGE=...`), through the image variables
-the compose file offers every user.
+the compose file offers every user. The user's own COMPOSE_* variables are never passed on.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ class ComposeError(RuntimeError):
 
 
 def run(*args: str, timeout: float = 600, check: bool = True, **env: str) -> str:
+    # the user's COMPOSE_* variables (a project name, profiles, another file) would change
+    # which stack these commands act on: only the test's .env and arguments count
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
     done = subprocess.run(
         list(args),
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, **env},
+        env={**inherited, **env},
         cwd=REPO,
         check=False,
     )
@@ -65,19 +68,16 @@ def missing_images(images: list[str]) -> list[str]:
 
 def foreign_stack() -> list[str]:
     """What a Lepton stack that is not this test's already holds on the engine: the test would
-    share its fixed-name volume and network, and its `down -v` would delete the volume."""
+    share its volumes and network, and its `down --volumes` would delete them."""
     found = []
     for kind, names in FIXED_NAMES.items():
         for name in names:
-            listed = run("docker", kind, "ls", "-q", "--filter", f"name=^{name}$", check=False)
-            if listed.strip():
+            if run("docker", kind, "ls", "-q", "--filter", f"name=^{name}$").strip():
                 found.append(f"{kind} {name}")
-    containers = run(
-        "docker", "ps", "-aq", "--filter", f"label=com.docker.compose.project={PROJECT}",
-        check=False,
-    )  # fmt: skip
-    if containers.strip():
-        found.append(f"containers of compose project {PROJECT}")
+    label = f"label=com.docker.compose.project={PROJECT}"
+    for kind, listing in (("volumes", ["volume", "ls"]), ("containers", ["ps", "-a"])):
+        if run("docker", *listing, "-q", "--filter", label).strip():
+            found.append(f"{kind} of compose project {PROJECT}")
     return found
 
 
@@ -85,7 +85,6 @@ def foreign_stack() -> list[str]:
 class ComposeStack:
     root: Path
     settings: dict[str, str] = field(default_factory=dict)
-    profiles: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.env_file = self.root / ".env"
@@ -96,21 +95,24 @@ class ComposeStack:
 
     # --- configuration ---------------------------------------------------------------------
 
-    def write_env(self) -> None:
-        """`make env ENV_FILE=...`, then this test's values in place of the defaults."""
-        run("make", "--no-print-directory", "env", f"ENV_FILE={self.env_file}")
-        chosen = {
-            **{k: str(v) for k, v in self.ports.items()},
-            "LEPTON_TRAIN_GPUS": "0",  # no GPU here: train runs in the CPU task image
-            **self.settings,
-        }
+    def set_env(self, **values: str) -> None:
+        """Values in the stack's .env, as a user edits theirs (replacing what is there)."""
         lines = [
             line
             for line in self.env_file.read_text().splitlines()
-            if line.split("=", 1)[0] not in chosen
+            if line.split("=", 1)[0] not in values
         ]
-        lines += [f"{key}={value}" for key, value in chosen.items()]
+        lines += [f"{key}={value}" for key, value in values.items()]
         self.env_file.write_text("\n".join(lines) + "\n")
+
+    def write_env(self) -> None:
+        """`make env ENV_FILE=...`, then this test's values in place of the defaults."""
+        run("make", "--no-print-directory", "env", f"ENV_FILE={self.env_file}")
+        self.set_env(
+            **{k: str(v) for k, v in self.ports.items()},
+            LEPTON_TRAIN_GPUS="0",  # no GPU here: train runs in the CPU task image
+            **self.settings,
+        )
 
     @property
     def env(self) -> dict[str, str]:
@@ -124,22 +126,32 @@ class ComposeStack:
     def url(self, port: str) -> str:
         return f"http://127.0.0.1:{self.ports[port]}"
 
+    def mlflow_user(self, username: str, password_variable: str) -> dict[str, str]:
+        """MLflow's client variables for a user of the stack's MLflow, on its published port."""
+        return {
+            "MLFLOW_TRACKING_URI": self.url("MLFLOW_PORT"),
+            "MLFLOW_TRACKING_USERNAME": username,
+            "MLFLOW_TRACKING_PASSWORD": self.env[password_variable],
+        }
+
     # --- compose -----------------------------------------------------------------------------
 
-    def compose(self, *args: str, timeout: float = 900, check: bool = True, **env: str) -> str:
-        profiles = [option for p in self.profiles for option in ("--profile", p)]
-        command = ["docker", "compose", "--env-file", str(self.env_file), *profiles, *args]
-        return run(*command, timeout=timeout, check=check, **env)
+    def compose(self, *args: str, timeout: float = 900, check: bool = True) -> str:
+        """A compose command on this stack; profiles come from COMPOSE_PROFILES in its .env."""
+        command = ["docker", "compose", "--env-file", str(self.env_file), *args]
+        return run(*command, timeout=timeout, check=check)
 
-    def up(self, **env: str) -> None:
+    def up(self) -> None:
         """`docker compose up -d --wait`: every service healthy, every init done."""
         try:
-            self.compose("up", "-d", "--wait", "--no-build", timeout=900, **env)
+            self.compose("up", "-d", "--wait", "--no-build", timeout=900)
         except ComposeError as failed:
             raise ComposeError(f"{failed}\n{self.unhealthy_logs()}") from None
 
     def down(self, volumes: bool = False) -> None:
-        self.compose("down", *(["--volumes"] if volumes else []), "--remove-orphans", timeout=300)
+        """`make down`: every profile's services too, whatever COMPOSE_PROFILES says now."""
+        options = ["--volumes"] if volumes else []
+        self.compose("--profile", "celery", "down", *options, "--remove-orphans", timeout=300)
 
     def services(self) -> dict[str, dict[str, Any]]:
         raw = self.compose("ps", "--all", "--format", "json")
@@ -210,18 +222,20 @@ class ContainerWatcher:
             time.sleep(0.3)
 
     def poll_once(self) -> None:
+        """Each step container once, its `docker diff` again on every poll while it runs, so
+        the last one seen is from late in its life. A container gone between two docker
+        commands (the runtime removes it as soon as it ends) is simply skipped."""
         listed = run("docker", "ps", "-q", "--filter", f"ancestor={self.image}", check=False)
         for cid in listed.split():
-            if cid in self.seen:
+            try:
+                if cid not in self.seen:
+                    (info,) = json.loads(run("docker", "inspect", cid))
+                    if info["Config"]["Labels"].get("com.docker.compose.service"):
+                        continue  # a service of the stack (serving), not a step
+                    self.seen[cid] = info
+                self.seen[cid]["Diff"] = run("docker", "diff", cid).split("\n")
+            except (ComposeError, ValueError, subprocess.TimeoutExpired):
                 continue
-            raw = run("docker", "inspect", cid, check=False)
-            if not raw.strip():
-                continue
-            (info,) = json.loads(raw)
-            if info["Config"]["Labels"].get("com.docker.compose.service"):
-                continue  # a service of the stack (serving), not a step
-            info["Diff"] = run("docker", "diff", cid, check=False).split("\n")
-            self.seen[cid] = info
 
     def steps(self) -> set[str]:
         return {info["Config"]["Cmd"][0] for info in self.seen.values()}

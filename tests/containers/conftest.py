@@ -80,8 +80,10 @@ def stack(
         running.up()
         yield running
     finally:
-        running.save_logs(artifacts / "logs")
-        running.down(volumes=True)
+        try:
+            running.save_logs(artifacts / "logs")
+        finally:
+            running.down(volumes=True)
 
 
 @pytest.fixture(scope="session")
@@ -95,17 +97,9 @@ def api(stack: ComposeStack) -> AirflowApi:
 @pytest.fixture(scope="session")
 def steps_user(stack: ComposeStack) -> dict[str, str]:
     """MLflow as the steps' plain user (`mlflow-init` created it), through the published port."""
-    return {
-        "MLFLOW_TRACKING_URI": stack.url("MLFLOW_PORT"),
-        "MLFLOW_TRACKING_USERNAME": "lepton",
-        "MLFLOW_TRACKING_PASSWORD": stack.env["MLFLOW_LEPTON_PASSWORD"],
-    }
+    return stack.mlflow_user("lepton", "MLFLOW_LEPTON_PASSWORD")
 
 
 @pytest.fixture(scope="session")
 def admin_user(stack: ComposeStack) -> dict[str, str]:
-    return {
-        "MLFLOW_TRACKING_URI": stack.url("MLFLOW_PORT"),
-        "MLFLOW_TRACKING_USERNAME": "admin",
-        "MLFLOW_TRACKING_PASSWORD": stack.env["MLFLOW_ADMIN_PASSWORD"],
-    }
+    return stack.mlflow_user("admin", "MLFLOW_ADMIN_PASSWORD")

@@ -1,6 +1,7 @@
-"""The Airflow image's entrypoint: a metadata database that is not there, or a migration that
-fails, stops the container with a non-zero exit and says why (the official image's
-`airflow db migrate || true` would report success and start the stack on a broken database)."""
+"""The Airflow image's entrypoint: a metadata database that never answers, one it cannot reach
+to migrate, or a migration that fails on a live database stops the container with exit 1 and
+says why (the official image's `airflow db migrate || true` would report success and start the
+stack on a database it could not migrate)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.containers.compose import run
+from tests.containers.compose import ComposeStack, run
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 AIRFLOW_IMAGE = "lepton/airflow:0.2.0"
@@ -38,7 +39,7 @@ def test_a_database_that_never_answers_stops_the_init(engine: None) -> None:
     assert "the metadata database did not answer after 2 tries" in done.stderr
 
 
-def test_a_failed_migration_stops_the_init(engine: None) -> None:
+def test_a_database_it_cannot_reach_to_migrate_stops_the_init(engine: None) -> None:
     done = airflow_container(
         "version",
         AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=NO_DATABASE,
@@ -48,3 +49,27 @@ def test_a_failed_migration_stops_the_init(engine: None) -> None:
     assert done.returncode == 1, done.stderr[-2000:]
     assert "airflow db migrate failed" in done.stderr
     assert "3.3.2" not in done.stdout  # `airflow version` never ran
+
+
+def test_a_migration_that_fails_on_a_live_database_stops_the_init(stack: ComposeStack) -> None:
+    """The stack's PostgreSQL, a user that may connect but not create tables (PostgreSQL 15+
+    gives nobody CREATE on a new database's public schema): `airflow db check` passes, the
+    migration fails."""
+    for sql in (
+        "CREATE ROLE reader LOGIN PASSWORD 'reader'",
+        "CREATE DATABASE readonly",
+    ):
+        stack.exec("postgres", "psql", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-c", sql)
+    done = subprocess.run(
+        ["docker", "run", "--rm", "--network", "lepton",
+         "-e", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN="
+               "postgresql+psycopg2://reader:reader@postgres/readonly",
+         "-e", "_AIRFLOW_DB_MIGRATE=true", "-e", "CONNECTION_CHECK_MAX_COUNT=5",
+         AIRFLOW_IMAGE, "version"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "does not answer" not in done.stderr  # it did connect
+    assert "permission denied" in done.stderr.lower()
+    assert "airflow db migrate failed" in done.stderr
+    assert "3.3.2" not in done.stdout

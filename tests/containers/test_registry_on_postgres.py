@@ -8,7 +8,7 @@ import itertools
 import pytest
 
 from tests.containers.compose import ComposeStack
-from tests.containers.test_stack import mlflow_as
+from tests.containers.mlflow_client import mlflow_as
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 

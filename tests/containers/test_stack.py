@@ -10,16 +10,13 @@ One stack for the module; the tests run in order, each building on what the one 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +24,7 @@ import pytest
 
 from tests.containers.airflow_api import AirflowApi
 from tests.containers.compose import ComposeStack, ContainerWatcher
+from tests.containers.mlflow_client import mlflow_as
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 MODEL = "lepton-digits"
@@ -49,29 +47,6 @@ def batches(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         check=True, capture_output=True, timeout=300,
     )  # fmt: skip
     return {path.stem: path for path in folder.glob("*.npz")}
-
-
-@contextlib.contextmanager
-def mlflow_as(credentials: dict[str, str]) -> Iterator[Any]:
-    """MLflow's client in this process, signed in as the given user."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    from lepton_tasks.settings import get_settings
-
-    saved = {key: os.environ.get(key) for key in credentials}
-    os.environ.update(credentials)
-    mlflow.set_tracking_uri(credentials["MLFLOW_TRACKING_URI"])
-    get_settings.cache_clear()
-    try:
-        yield MlflowClient()
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        get_settings.cache_clear()
 
 
 def land(stack: ComposeStack, batch: Path, zone: str) -> None:
@@ -200,11 +175,12 @@ def test_a_landed_batch_and_a_triggered_run_make_champion_v1_in_task_containers(
         pipeline = client.get_run(lineage["lepton.pipeline_run_id"])
         train_run = client.get_run(lineage["lepton.train_run_id"])
     assert [v.version for v in versions] == ["1"] and str(champion.version) == "1"
-    # one of the two runs trained, the other found the same inputs
+    # one run trained (the triggered one, or the landing watcher's if it came first); the
+    # other found the same data, params and code
     trainer = lineage["lepton.dag_run_id"]
     assert trained_in(api, trainer)
     others = [r for r in api.run_ids(TRAINING) if r != trainer and not r.startswith("scheduled")]
-    assert triggered in [trainer, *others]
+    assert others, "the landing watcher started no run"
     for other in others:
         note = api.run(TRAINING, other).note or ""
         assert note.startswith("Unchanged since v1"), (other, note)
@@ -233,7 +209,7 @@ def test_a_landed_batch_and_a_triggered_run_make_champion_v1_in_task_containers(
 
 def assert_step_container_is_confined(info: dict[str, Any]) -> None:
     step = info["Config"]["Cmd"][0]
-    assert info["Config"]["User"] not in ("", "root", "0"), step
+    assert info["Config"]["User"] == "10001:10001", step  # the task image's user
     host = info["HostConfig"]
     assert host["ReadonlyRootfs"] is True, step
     assert host["CapDrop"] == ["ALL"] and "no-new-privileges" in host["SecurityOpt"], step
@@ -371,9 +347,12 @@ def test_down_and_up_on_celery_keeps_everything_and_the_same_data_is_unchanged(
     with mlflow_as(steps_user):
         history_before = describe_model(MODEL).promotion_history
     stack.down()
-    stack.profiles = ["celery"]
-    stack.up(AIRFLOW_EXECUTOR="CeleryExecutor")
+    # as the README says: the executor and the profile in .env, then up again
+    stack.set_env(AIRFLOW_EXECUTOR="CeleryExecutor", COMPOSE_PROFILES="celery")
+    stack.up()
     api.connect()
+    worker_info = stack.container("airflow-worker")
+    assert any(m["Destination"] == "/var/run/docker.sock" for m in worker_info["Mounts"])
 
     assert runs_before <= set(api.run_ids(TRAINING))
     with mlflow_as(steps_user) as client:
@@ -386,7 +365,7 @@ def test_down_and_up_on_celery_keeps_everything_and_the_same_data_is_unchanged(
     run = api.wait(TRAINING, again)
     assert run.state.value == "success"
     assert run.note.startswith("Unchanged since v1"), run.note
-    worker = stack.container("airflow-worker")["Config"]["Hostname"]
+    worker = worker_info["Config"]["Hostname"]
     ran = [ti for ti in api.tasks(TRAINING, again).values() if ti.state.value == "success"]
     assert ran and {ti.hostname for ti in ran} == {worker}  # the Celery worker ran them
     api.wait_for_idle(TRAINING)
@@ -403,10 +382,15 @@ def test_mlflow_restarted_while_train_runs_the_run_still_succeeds_with_nothing_h
     training = wait_for(lambda: api.run_with_task_in(TRAINING, "train", "running"), 600,
                         "no run reached train", pause=1)  # fmt: skip
     stack.restart("mlflow")
+    back = stack.container("mlflow")["State"]["StartedAt"]
     run = api.wait(TRAINING, training, timeout=1200)
     states = api.states(TRAINING, training)
     assert run.state.value == "success", states
     assert states["train"] == "success" and states["register"] == "success", states
+    train = api.tasks(TRAINING, training)["train"]
+    # train was at work across the restart: it ended after MLflow was back
+    assert train.end_date.isoformat() > back[:26], (train.end_date, back)
+    print(f"train ended after try {train.try_number} (MLflow back at {back})")
     api.wait_for_idle(TRAINING)
 
     with mlflow_as(steps_user) as client:

@@ -82,9 +82,48 @@ def test_native_writes_to_stderr_pass_the_filter_in_order() -> None:
     ]
 
 
+def test_a_flood_during_the_block_neither_hangs_nor_loses_a_line() -> None:
+    """Several megabytes, far more than a pipe holds, written while Python's lock stays held
+    (as a library logs while it loads): the filter is a process, so nothing waits on the lock."""
+    done = run_python(
+        f"""
+        import ctypes
+        from lepton_tasks.native_log import filtered_stderr
+        libc = ctypes.PyDLL(None)  # calls that keep Python's lock held, as a library load does
+        flood = b"".join({ONEDNN!r} + b"\\n" + f"kept {{n}}\\n".encode() for n in range(20_000))
+        with filtered_stderr(2):
+            view = memoryview(flood)
+            while view:
+                view = view[libc.write(2, bytes(view), len(view)):]
+        """
+    )
+    lines = done.stderr.decode().splitlines()
+    assert lines == [f"kept {n}" for n in range(20_000)]
+
+
+def test_lines_written_before_an_abort_still_reach_stderr() -> None:
+    """A library that aborts while loading: its last words are what the user needs."""
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(
+            """
+            import os
+            from lepton_tasks.native_log import filtered_stderr
+            with filtered_stderr(2):
+                os.write(2, b"F1208 02:14:07.123456 77 cpu.cc:9] this CPU lacks AVX\\n")
+                os.abort()
+            """
+        )],
+        capture_output=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode != 0
+    assert b"this CPU lacks AVX" in done.stderr
+
+
 LOAD_KERAS = """
+import importlib.util
 from lepton_tasks.native_log import quiet_tensorflow_load
 quiet_tensorflow_load()
+assert importlib.util.find_spec("tensorflow") is not None  # a lookup leaves the hook in place
 import keras  # loads TensorFlow, its backend
 import tensorflow as tf
 assert type(tf.__spec__.loader).__module__ != "lepton_tasks.native_log"
