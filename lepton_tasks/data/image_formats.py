@@ -309,12 +309,49 @@ def csv_batch(uri: str) -> Batch:
 def _examples(uri: str) -> Iterator[Any]:
     """The file's records as `tf.train.Example`s (TensorFlow reads the framing and CRCs)."""
     import tensorflow as tf
+    from google.protobuf.message import DecodeError
 
     try:
-        for record in tf.data.TFRecordDataset(uri.removeprefix("file://")):
-            yield tf.train.Example.FromString(record.numpy())
+        for number, record in enumerate(tf.data.TFRecordDataset(uri.removeprefix("file://"))):
+            try:
+                yield tf.train.Example.FromString(record.numpy())
+            except DecodeError as exc:
+                raise InputDataError(
+                    f"record {number + 1} is not a tf.train.Example ({exc})", where=uri
+                ) from exc
     except (tf.errors.OpError, ValueError) as exc:
         raise InputDataError(f"not a readable TFRecord file: {exc}", where=uri) from exc
+
+
+# A TFRecord frame: length (uint64, little-endian), its masked CRC (uint32), the data, the
+# data's masked CRC (uint32).
+TFRECORD_FRAME_OVERHEAD = 16
+
+
+def tfrecord_count(uri: str) -> int:
+    """The number of records, from the framing alone (headers read, data skipped).
+
+    TensorFlow ends a file that stops inside a record's header as if it had ended there, so a
+    file cut short would read as fewer examples: here any byte count that is not a whole
+    number of frames is an error naming where the file stops.
+    """
+    fs, path = storage.filesystem(uri)
+    size = fs.size(path)
+    count, offset = 0, 0
+    with fs.open(path, "rb") as handle:
+        while offset < size:
+            header = handle.read(8)
+            length = int.from_bytes(header, "little") if len(header) == 8 else size
+            end = offset + length + TFRECORD_FRAME_OVERHEAD
+            if end > size:
+                raise InputDataError(
+                    f"truncated: the file ends inside record {count + 1}, at byte {size} of the "
+                    f"{end} its framing needs",
+                    where=uri,
+                )
+            handle.seek(end)
+            offset, count = end, count + 1
+    return count
 
 
 def _feature(example: Any, keys: tuple[str, ...], uri: str) -> tuple[str, Any]:
@@ -354,9 +391,9 @@ def tfrecord_batch(uri: str) -> Batch:
     first = next(_examples(uri), None)
     if first is None:
         raise InputDataError("the TFRecord file holds no example", where=uri)
+    count = tfrecord_count(uri)  # before any example is trusted: a cut file is refused whole
     image = _image(first, uri)
     shape, mode = image.shape, _mode_of(image)
-    count = sum(1 for _ in _examples(uri))
     check_declared_size((count, *shape), 1, uri)
 
     def read(chunk_size: int) -> Iterator[Chunk]:

@@ -711,7 +711,9 @@ _LANDING_DATE = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:[T_ ](\d{2})[:-]?(\d{2}))
 
 DATASET_SUFFIXES = (".npz", ".parquet", ".csv", ".csv.gz", ".tfrecord", ".tfrecords", ".tfrec")
 # What a read of a batch raises on malformed content besides InputDataError (pyarrow's errors
-# subclass ValueError, TypeError and NotImplementedError).
+# subclass ValueError, TypeError and NotImplementedError; a truncated gzip stream raises
+# EOFError, a corrupt one zlib.error, a broken zip BadZipFile, a cut binary header struct.error:
+# none of those is an OSError).
 READ_ERRORS = (
     ValueError,
     TypeError,
@@ -721,7 +723,19 @@ READ_ERRORS = (
     OSError,
     MemoryError,
     NotImplementedError,
+    EOFError,
+    zlib.error,
+    zipfile.BadZipFile,
+    struct.error,
 )
+
+
+def unreadable(exc: BaseException, where: str, what: str = "batch") -> InputDataError:
+    """A read error of malformed content as the named input error, its cause in words (a
+    library's own error class by its full name: `zlib.error`, not `error`)."""
+    cls = type(exc)
+    kind = cls.__name__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__name__}"
+    return InputDataError(f"unreadable {what}: {kind}: {exc}", where=where)
 
 
 def _is_dataset_file(name: str) -> bool:
@@ -886,7 +900,7 @@ def zone_entries(
             yield entry, exc
             continue
         except READ_ERRORS as exc:
-            error = InputDataError(f"unreadable batch: {type(exc).__name__}: {exc}", where=entry)
+            error = unreadable(exc, entry)
             error.batch_uri = entry
             yield entry, error
             continue

@@ -185,7 +185,7 @@ def _open_batches(source: str, fmt: str, as_of: datetime | None) -> list[readers
     try:
         return readers.open_source(source, fmt, as_of)
     except readers.READ_ERRORS as exc:  # a malformed file named directly
-        raise InputDataError(f"unreadable: {type(exc).__name__}: {exc}", where=source) from exc
+        raise readers.unreadable(exc, source, "file") from exc
 
 
 def _classes_of(batches: list[readers.Batch], source: str) -> list[str]:
@@ -198,7 +198,7 @@ def _classes_of(batches: list[readers.Batch], source: str) -> list[str]:
             exc.batch_uri = exc.batch_uri or batch.origin
             raise
         except readers.READ_ERRORS as exc:
-            error = InputDataError(f"unreadable labels: {exc}", where=batch.uri)
+            error = readers.unreadable(exc, batch.uri, "labels")
             error.batch_uri = batch.origin
             raise error from exc
     names = class_names_from_labels(labels, source)
@@ -222,9 +222,7 @@ def _write_batches(
             exc.batch_uri = exc.batch_uri or batch.origin
             raise
         except readers.READ_ERRORS as exc:
-            error = InputDataError(
-                f"unreadable batch: {type(exc).__name__}: {exc}", where=batch.uri
-            )
+            error = readers.unreadable(exc, batch.uri)
             error.batch_uri = batch.origin
             raise error from exc
     infos = [BatchInfo(name=b.name, uri=b.uri, count=b.count, origin=b.origin) for b in batches]

@@ -242,7 +242,7 @@ def _chunks(batch: readers.Batch, chunk_size: int, where: str) -> Iterator[reade
             exc.batch_uri = exc.batch_uri or batch.origin
             raise
         except readers.READ_ERRORS as exc:
-            error = InputDataError(f"unreadable batch: {type(exc).__name__}: {exc}", where=where)
+            error = readers.unreadable(exc, where)
             error.batch_uri = batch.origin
             raise error from exc
         yield chunk

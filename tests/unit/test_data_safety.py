@@ -312,3 +312,94 @@ def test_a_finished_training_is_reused_only_for_the_same_snapshot(tmp_path: Path
     storage.write_json(folder.training_params_uri, params.model_dump())
     assert _finished(folder, params, "/snapshots/aaa") == done
     assert _finished(folder, params, "/snapshots/bbb") is None
+
+
+# Truncated and corrupt files: a named error that quarantines the batch, never fewer examples --
+
+
+def landing_with_one_good_batch(lepton_env: Path) -> Path:
+    images, labels = digits()
+    landing = lepton_env / "landing"
+    write_npz(landing / "batch-2026-01-01.npz", images[:600], labels[:600])
+    return landing
+
+
+def gzipped_csv(images: np.ndarray, labels: np.ndarray) -> bytes:
+    rows = [",".join(["label", *(f"p{i}" for i in range(64))])]
+    rows += [",".join(map(str, [y, *x.ravel()])) for x, y in zip(images, labels, strict=True)]
+    return gzip.compress("\n".join(rows).encode())
+
+
+def tfrecord_of(records: list[bytes], scratch: Path) -> bytes:
+    import tensorflow as tf
+
+    path = scratch / f"records-{len(list(scratch.iterdir()))}.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for record in records:
+            writer.write(record)
+    return path.read_bytes()
+
+
+def example_records(count: int) -> list[bytes]:
+    import tensorflow as tf
+    from PIL import Image
+
+    images, labels = digits()
+    records = []
+    for image, label in zip(images[:count], labels[:count], strict=True):
+        png = io.BytesIO()
+        Image.fromarray(image).save(png, format="PNG")
+        feature = {
+            "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[png.getvalue()])),
+            "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        }
+        example = tf.train.Example(features=tf.train.Features(feature=feature))
+        records.append(example.SerializeToString())
+    return records
+
+
+def bad_batch(kind: str, scratch: Path) -> tuple[str, bytes]:
+    images, labels = digits()
+    whole_csv = gzipped_csv(images[600:800], labels[600:800])
+    if kind == "truncated gzip":
+        return "batch-2026-01-02.csv.gz", whole_csv[: len(whole_csv) // 2]
+    if kind == "corrupt gzip":
+        return "batch-2026-01-02.csv.gz", whole_csv[:10] + b"\xff" * 64 + whole_csv[74:]
+    whole_tfrecord = tfrecord_of(example_records(40), scratch)
+    if kind == "truncated tfrecord":
+        return "batch-2026-01-02.tfrecord", whole_tfrecord[: len(whole_tfrecord) // 2]
+    return "batch-2026-01-02.tfrecord", tfrecord_of(
+        [b"\xff\xfe not an Example \x00" * 3] * 4, scratch
+    )
+
+
+@pytest.mark.parametrize(
+    ("kind", "reason"),
+    [
+        ("truncated gzip", "unreadable batch: EOFError: Compressed file ended"),
+        ("corrupt gzip", "unreadable batch: "),
+        ("truncated tfrecord", r"truncated: the file ends inside record \d+, at byte"),
+        ("not examples", r"record 1 is not a tf.train.Example"),
+    ],
+)
+def test_a_cut_or_corrupt_batch_is_named_and_quarantined_and_the_others_go_on(
+    tmp_path: Path, lepton_env: Path, kind: str, reason: str
+) -> None:
+    """Before: a truncated .csv.gz printed only `Aborted!` (EOFError), a corrupt one a zlib
+    traceback, both exit 1 with the file left in place to fail every night; a TFRecord cut in
+    half was read as its first 20 of 40 examples (exit 0); a TFRecord of records that are not
+    `tf.train.Example`s was a protobuf traceback."""
+    landing = landing_with_one_good_batch(lepton_env)
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    name, payload = bad_batch(kind, scratch)
+    (landing / name).write_bytes(payload)
+    with pytest.raises(InputDataError, match=reason) as caught:
+        ingest(str(landing), str(tmp_path / "run"))
+    assert caught.value.exit_code == 3 and caught.value.where.endswith(name)
+    assert "quarantined" in caught.value.message
+    (quarantined,) = (landing / "_quarantine").iterdir()
+    assert (quarantined / name).read_bytes() == payload  # moved whole, nothing lost
+    assert not (landing / name).exists()
+    again = ingest(str(landing), str(tmp_path / "run2"))  # the night's other batch goes on
+    assert [b.name for b in again.batches] == ["batch-2026-01-01"] and again.count == 600
