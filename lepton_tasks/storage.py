@@ -41,6 +41,27 @@ def is_dir(uri: str) -> bool:
     return fs.isdir(path)
 
 
+def special_file(uri: str) -> str | None:
+    """What a local entry is when it is neither a regular file nor a folder ("a FIFO", "a
+    socket", "a device"), else None. Opening a FIFO blocks until someone writes to it, so
+    nothing may open one it has not checked; object stores hold only regular files."""
+    import stat
+
+    if not is_local(uri):
+        return None
+    try:
+        mode = os.stat(uri.removeprefix("file://")).st_mode
+    except OSError:
+        return None  # gone, or a dangling link: the reader says so when it opens it
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device"
+
+
 def makedirs(uri: str) -> None:
     fs, path = filesystem(uri)
     fs.makedirs(path, exist_ok=True)

@@ -14,6 +14,7 @@ import io
 import logging
 import math
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,7 +40,18 @@ TFRECORD_LABEL_KEYS = ("label", "image/class/label", "image/class/text", "class"
 
 
 def _visible(uri: str) -> list[str]:
-    return [e for e in storage.list_dir(uri) if not storage.basename(e).startswith((".", "_"))]
+    """The folder's entries but hidden ones and what is not a regular file or folder (a FIFO
+    would block the read that opens it), the latter with a warning."""
+    visible = []
+    for entry in storage.list_dir(uri):
+        if storage.basename(entry).startswith((".", "_")):
+            continue
+        special = storage.special_file(entry)
+        if special:
+            log.warning("skipping %s: %s, not a regular file", entry, special)
+            continue
+        visible.append(entry)
+    return visible
 
 
 def _is_image(name: str) -> bool:
@@ -73,10 +85,7 @@ def _decode(data: bytes, where: str, mode: str | None = None) -> np.ndarray:
     """One encoded image as uint8 (H, W) or (H, W, 3), its size checked before decoding."""
     from PIL import Image, UnidentifiedImageError
 
-    from lepton_tasks.settings import get_settings
-
-    side = get_settings().max_image_side
-    Image.MAX_IMAGE_PIXELS = side * side  # Pillow's own bomb check, at Lepton's bound
+    side = _bound_pillow()
     try:
         image = Image.open(io.BytesIO(data))
         if max(image.size) > side:
@@ -90,10 +99,25 @@ def _decode(data: bytes, where: str, mode: str | None = None) -> np.ndarray:
             image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8), mode="L")
         image = image.convert(mode or _mode_of_image(image))
         return np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputDataError(f"not a readable image: {exc}", where=where) from exc
-    except Image.DecompressionBombError as exc:
-        raise InputDataError(f"image too large to decode: {exc}", where=where) from exc
+    except (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+    ) as exc:
+        raise _unreadable_image(exc, where, len(data)) from exc
+
+
+def _bound_pillow() -> int:
+    """Pillow's own bomb check (a process-wide setting) at Lepton's bound, before any open."""
+    from PIL import Image
+
+    from lepton_tasks.settings import get_settings
+
+    side = get_settings().max_image_side
+    Image.MAX_IMAGE_PIXELS = side * side
+    return side
 
 
 def _mode_of_image(image: Any) -> str:
@@ -178,14 +202,31 @@ def _common_mode(uris: list[str]) -> str:
     """ "RGB" if any image is in colour, else "L": from the headers alone."""
     from PIL import Image, UnidentifiedImageError
 
+    _bound_pillow()
     for uri in uris:
         try:
             with storage.open_uri(uri, "rb") as handle, Image.open(handle) as image:
                 if _mode_of_image(image) == "RGB":
                     return "RGB"
         except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-            raise InputDataError(f"not a readable image: {exc}", where=uri) from exc
+            fs, path = storage.filesystem(uri)
+            raise _unreadable_image(exc, uri, fs.size(path)) from exc
     return "L"
+
+
+def _unreadable_image(exc: BaseException, where: str, size: int | None) -> InputDataError:
+    """Pillow's refusal in words a person can act on: never the repr of a file object."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(exc, Image.DecompressionBombError):
+        return InputDataError(f"image too large to decode: {exc}", where=where)
+    if size == 0:
+        why = "the file is empty (0 bytes)"
+    elif isinstance(exc, UnidentifiedImageError):
+        why = f"not an image format Pillow reads ({size} bytes; PNG, JPEG, BMP, GIF, TIFF, WebP)"
+    else:
+        why = re.sub(r"<[^<>]* object at 0x[0-9a-fA-F]+>", "the file", str(exc))
+    return InputDataError(f"not a readable image: {why or type(exc).__name__}", where=where)
 
 
 def _read(uri: str) -> bytes:

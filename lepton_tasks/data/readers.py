@@ -675,6 +675,9 @@ def open_source(source: str, fmt: str = "auto", as_of: datetime | None = None) -
     (with `as_of`, one per entry landed by then)."""
     if fmt not in FORMATS:
         raise UnknownSourceError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    special = storage.special_file(source)
+    if special:
+        raise InputDataError(f"{special}, not a regular file or folder", where=source)
     if fmt == "auto":
         fmt = detect_format(source)
         if fmt == "images" and (as_of is not None or _is_landing_zone(source)):
@@ -753,6 +756,10 @@ def _walk(folder: str, root: str, seen: set[str]) -> Iterator[tuple[str, bool]]:
         name = storage.basename(entry)
         if name.startswith((".", "_")):
             continue  # in progress, or Lepton's own (_quarantine)
+        special = storage.special_file(entry)
+        if special:
+            log.warning("skipping %s: %s, not a regular file", entry, special)
+            continue
         local = _local_path(entry)
         if local is not None and (
             _link_out_of(local, _local_path(root) or root)

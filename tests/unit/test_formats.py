@@ -5,6 +5,10 @@ flags; and class sets read from the labels."""
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -242,3 +246,61 @@ def test_a_decompression_bomb_is_a_named_input_error(tmp_path: Path, monkeypatch
             read_all(str(tmp_path / "imgs"))
     finally:
         get_settings.cache_clear()
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "the file is empty (0 bytes)"),
+        (b"GIF87a but then nothing an image needs", "not an image format Pillow reads (38 bytes"),
+    ],
+)
+def test_an_unreadable_image_says_why_in_words(
+    tmp_path: Path, mnist_sample, content: bytes, reason: str
+) -> None:
+    """Before: `cannot identify image file <fsspec...LocalFileOpener object at 0x7f...>`."""
+    images, labels = mnist_sample
+    folder = write_image_folder(tmp_path / "pngs", images[:10], labels[:10])
+    (folder / NAMES[labels[0]] / "bad.png").write_bytes(content)
+    with pytest.raises(InputDataError) as caught:
+        read_all(str(folder))
+    assert caught.value.message.startswith(f"not a readable image: {reason}")
+    assert "object at 0x" not in caught.value.message
+    assert caught.value.where.endswith("bad.png")
+
+
+def run_ingest(source: Path, run_dir: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """The CLI in a process of its own, under a timeout: a read that blocks must fail the test,
+    not hang it."""
+    return subprocess.run(
+        [sys.executable, "-m", "lepton_tasks", "ingest", "--source", str(source),
+         "--run-dir", str(run_dir)],
+        capture_output=True, text=True, timeout=120,
+        env={**os.environ, "LEPTON_HOME": str(home), "LEPTON_LANDING_URI": str(source)},
+    )  # fmt: skip
+
+
+def test_fifos_in_a_landing_zone_or_a_class_folder_are_skipped_not_opened(
+    tmp_path: Path, mnist_sample
+) -> None:
+    """Before: a FIFO named like a batch, or inside a class folder, blocked ingest on its
+    open() until the task's 4-hour timeout."""
+    images, labels = mnist_sample
+    landing = tmp_path / "landing"
+    write_image_folder(landing / "batch-2026-01-01", images[:20], labels[:20])
+    os.mkfifo(landing / "batch-2026-01-02.npz")
+    os.mkfifo(landing / "batch-2026-01-01" / NAMES[labels[0]] / "pipe.png")
+    done = run_ingest(landing, tmp_path / "run", tmp_path / "home")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.splitlines()[-1])["count"] == 20
+    assert "batch-2026-01-02.npz: a FIFO, not a regular file" in done.stderr
+    assert "pipe.png: a FIFO, not a regular file" in done.stderr
+    assert (landing / "batch-2026-01-02.npz").is_fifo()  # left alone, not quarantined
+
+
+def test_a_fifo_named_as_the_source_is_refused_unopened(tmp_path: Path) -> None:
+    """Before: open_source blocked on the FIFO's open() (here: the CLI, under a timeout)."""
+    os.mkfifo(tmp_path / "night.npz")
+    done = run_ingest(tmp_path / "night.npz", tmp_path / "run", tmp_path / "home")
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "InputDataError: a FIFO, not a regular file or folder" in done.stderr
