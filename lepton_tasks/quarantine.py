@@ -17,7 +17,8 @@ log = logging.getLogger(__name__)
 
 
 def quarantine(batch_uri: str, error: LeptonError, root: str, *, move: bool) -> str:
-    """Move (landing-zone batches) or copy `batch_uri` under `root`, next to `reason.json`.
+    """Move (landing-zone batches) or copy `batch_uri` under `root`, next to `reason.json`;
+    returns where it went, as text.
 
     Moving keeps the next nightly run from tripping over the same bad batch; the data and the
     reason stay side by side for whoever fixes it. Locally a move is one rename and a copy
@@ -48,7 +49,7 @@ def quarantine(batch_uri: str, error: LeptonError, root: str, *, move: bool) -> 
         },
     )
     log.warning("quarantined %s -> %s (%s)", batch_uri, target, error.one_line())
-    return target
+    return storage.as_text(target)  # for messages and reports; reason.json keeps the bytes
 
 
 def refuse_linked_folder(root: str) -> None:

@@ -8,11 +8,13 @@ URI of that file, read with `read_result`.
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import PydanticSerializationError
 
 from lepton_tasks import storage
 
@@ -27,7 +29,13 @@ class StepResult(BaseModel):
     result_uri: str | None = None
 
     def to_json(self) -> str:
-        return self.model_dump_json()
+        """The result as one line of JSON. A path read from disk may hold bytes that are not
+        UTF-8 (lone surrogates in Python), which pydantic refuses: then JSON's own `\\udcXX`
+        escapes keep it exact, so the reader gets the same path back."""
+        try:
+            return self.model_dump_json()
+        except PydanticSerializationError:
+            return json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
 
 
 class BatchInfo(BaseModel):

@@ -41,6 +41,13 @@ def is_dir(uri: str) -> bool:
     return fs.isdir(path)
 
 
+def as_text(name: str) -> str:
+    """A name read from disk as valid text. POSIX names are bytes: Python decodes those that are
+    not UTF-8 with lone surrogates ("ca\\udcfft"), which JSON, Parquet and MLflow refuse; here
+    each such byte becomes a visible escape ("ca\\xfft"). UTF-8 names are unchanged."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def special_file(uri: str) -> str | None:
     """What a local entry is when it is neither a regular file nor a folder ("a FIFO", "a
     socket", "a device"), else None. Opening a FIFO blocks until someone writes to it, so

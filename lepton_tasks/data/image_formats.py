@@ -164,7 +164,8 @@ def image_folder_batch(folder: str) -> Batch:
             if not _is_image(storage.basename(entry)):
                 continue
             if _inside(entry, folder):
-                files.append((entry, storage.basename(class_folder)))
+                # the class is text (a name in the model, the registry, MLflow)
+                files.append((entry, storage.as_text(storage.basename(class_folder))))
             else:
                 log.warning("skipping %s: a link out of %s", entry, folder)
     if not files:

@@ -77,6 +77,11 @@ class Batch:
     # False for a batch read without labels (see `labels_optional`): every label is None.
     labelled: bool = True
 
+    def __post_init__(self) -> None:
+        # a name is text (the manifest, validation's messages, MLflow); uri and origin keep
+        # the path's bytes, which are what is read and quarantined
+        self.name = storage.as_text(self.name)
+
     def labels(self) -> np.ndarray:
         """Every label of the batch (for the class set), cheaply where the format allows."""
         if self.read_labels is not None:
@@ -942,4 +947,4 @@ def _relative_name(uri: str, folder: str) -> str:
     relative = uri[len(folder.rstrip("/")) + 1 :] if uri.startswith(folder.rstrip("/")) else uri
     for suffix in DATASET_SUFFIXES:
         relative = relative.removesuffix(suffix)
-    return relative
+    return storage.as_text(relative)

@@ -264,8 +264,9 @@ def _keys(batch: readers.Batch, offset: int, count: int) -> list[str]:
     """Each example's key: its file in an image folder (`cat/1.png`), else `<batch>:<index>`."""
     if batch.format == "images":
         root = batch.uri.rstrip("/") + "/"
-        return [uri.removeprefix(root) for uri in batch.files[offset : offset + count]]
-    return [f"{batch.name}:{i}" for i in range(offset, offset + count)]
+        files = batch.files[offset : offset + count]
+        return [storage.as_text(uri.removeprefix(root)) for uri in files]
+    return [f"{storage.as_text(batch.name)}:{i}" for i in range(offset, offset + count)]
 
 
 def _move_out(entry: str, input_uri: str) -> str | None:

@@ -211,3 +211,42 @@ def test_an_empty_inbox_is_a_skip_and_no_champion_is_a_registry_error(
         "score", "--model-name=nobody", f"--input={source}", f"--output={tmp_path / 'o'}", env=env
     )
     assert unknown.code == 9 and "'nobody' has no champion" in unknown.error_line
+
+
+def test_file_names_that_are_not_utf8_are_scored_keyed_and_moved_like_any_other(
+    production_home: Registry, tmp_path: Path
+) -> None:
+    """Names are bytes on disk. Before: an inbox with `a.npz`, `b-imgs/caf\\xe9.png` and `c.npz`
+    failed on the Parquet `key` column (UnicodeEncodeError, exit 1): `b` was neither scored nor
+    quarantined and `c` never scored, on every run."""
+    import os
+
+    from PIL import Image
+
+    box = inbox(production_home.home)
+    write_npz(box / "a.npz", production_home.images[:10], production_home.labels[:10])
+    pictures = os.path.join(os.fsencode(box), b"b-imgs")
+    os.mkdir(pictures)
+    for i in range(3):
+        Image.fromarray(production_home.images[i]).save(
+            os.fsdecode(os.path.join(pictures, b"caf\xe9-%d.png" % i)), format="PNG"
+        )
+    write_npz(box / "c.npz", production_home.images[10:20], production_home.labels[10:20])
+    env = {
+        "LEPTON_HOME": str(production_home.home),
+        "MLFLOW_TRACKING_URI": production_home.tracking_uri,
+    }
+
+    done = run_cli("score", f"--input={box}", f"--output={tmp_path / 'out'}", env=env)
+
+    assert done.code == 0, done.stderr[-2000:]
+    keys = pq.read_table(tmp_path / "out" / "b-imgs.parquet").column("key").to_pylist()
+    assert keys == [f"caf\\xe9-{i}.png" for i in range(3)]  # escaped where text is needed
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.parquet")) == [
+        "a.parquet",
+        "b-imgs.parquet",
+        "c.parquet",
+    ]
+    assert sorted(p.name for p in box.iterdir()) == ["_scored"]  # every entry moved out whole
+    (moved,) = (box / "_scored").glob("*/b-imgs")
+    assert sorted(os.listdir(os.fsencode(moved))) == [b"caf\xe9-%d.png" % i for i in range(3)]

@@ -403,3 +403,28 @@ def test_a_cut_or_corrupt_batch_is_named_and_quarantined_and_the_others_go_on(
     assert not (landing / name).exists()
     again = ingest(str(landing), str(tmp_path / "run2"))  # the night's other batch goes on
     assert [b.name for b in again.batches] == ["batch-2026-01-01"] and again.count == 600
+
+
+def test_a_batch_whose_name_is_not_utf8_is_read_named_in_text_and_quarantined_by_its_bytes(
+    tmp_path: Path, lepton_env: Path
+) -> None:
+    """Names are bytes on disk. Before: validate failed on the name's lone surrogate
+    (UnicodeEncodeError, exit 1) and the bad batch stayed, failing every night."""
+    images, labels = digits()
+    landing = lepton_env / "landing"
+    write_npz(landing / "batch-2026-01-01.npz", images[:900], labels[:900])
+    ones = labels == 1
+    raw = os.path.join(os.fsencode(landing), b"batch-2026-01-02-caf\xe9.npz")
+    write_npz(Path(os.fsdecode(raw)), images[ones][:150], labels[ones][:150])
+    result = ingest(str(landing), str(tmp_path / "run"))
+    assert [b.name for b in result.batches] == ["batch-2026-01-01", "batch-2026-01-02-caf\\xe9"]
+    assert json.loads(result.to_json())["batches"][1]["uri"] == os.fsdecode(raw)  # exact
+    with pytest.raises(DataValidationError, match=r"in batch batch-2026-01-02-caf\\xe9") as caught:
+        validate(result.snapshot_uri, str(tmp_path / "run"), data_docs=False)
+    caught.value.message.encode()  # the message is text: it ends up in alerts and MLflow
+    assert not os.path.exists(raw)
+    (quarantined,) = (landing / "_quarantine").iterdir()
+    assert sorted(os.listdir(os.fsencode(quarantined))) == [
+        b"batch-2026-01-02-caf\xe9.npz",
+        b"reason.json",
+    ]

@@ -269,14 +269,16 @@ def test_an_unreadable_image_says_why_in_words(
     assert caught.value.where.endswith("bad.png")
 
 
-def run_ingest(source: Path, run_dir: Path, home: Path) -> subprocess.CompletedProcess[str]:
+def run_ingest(
+    source: Path, run_dir: Path, home: Path, landing: bool = True
+) -> subprocess.CompletedProcess[str]:
     """The CLI in a process of its own, under a timeout: a read that blocks must fail the test,
-    not hang it."""
+    not hang it. With `landing`, the source is the landing zone."""
     return subprocess.run(
         [sys.executable, "-m", "lepton_tasks", "ingest", "--source", str(source),
          "--run-dir", str(run_dir)],
         capture_output=True, text=True, timeout=120,
-        env={**os.environ, "LEPTON_HOME": str(home), "LEPTON_LANDING_URI": str(source)},
+        env={**os.environ, "LEPTON_HOME": str(home), "LEPTON_LANDING_URI": str(source if landing else home / "landing")},
     )  # fmt: skip
 
 
@@ -304,3 +306,23 @@ def test_a_fifo_named_as_the_source_is_refused_unopened(tmp_path: Path) -> None:
     done = run_ingest(tmp_path / "night.npz", tmp_path / "run", tmp_path / "home")
     assert done.returncode == 3, done.stderr[-2000:]
     assert "InputDataError: a FIFO, not a regular file or folder" in done.stderr
+
+
+def test_a_class_folder_whose_name_is_not_utf8_is_a_class_named_in_text(
+    tmp_path: Path, mnist_sample
+) -> None:
+    """Before: the snapshot was written and result.json said ok, then printing the result
+    failed on the name's lone surrogate: exit 1, a traceback."""
+    images, _ = mnist_sample
+    root = os.path.join(os.fsencode(tmp_path), b"pictures")
+    for folder in (b"ca\xfft", b"dog"):
+        os.makedirs(os.path.join(root, folder))
+        for i in range(6):
+            path = os.path.join(root, folder, b"%d.png" % i)
+            Path(os.fsdecode(path)).write_bytes(png_bytes(images[i]))
+    done = run_ingest(Path(os.fsdecode(root)), tmp_path / "run", tmp_path / "home", landing=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    printed = json.loads(done.stdout.splitlines()[-1])
+    assert printed["class_names"] == ["ca\\xfft", "dog"] and printed["count"] == 12
+    kept = json.loads((tmp_path / "run" / "ingest" / "result.json").read_text())
+    assert kept["class_names"] == printed["class_names"] and kept["ok"] is True
